@@ -1,1 +1,92 @@
-//! placeholder
+//! Rampart's HTTP front: the Lambda Invoke API, the Lambda control API subset that boto3 and
+//! `rampart deploy` use, and Rampart's own management API (`/rampart/v1/...`: logs, stats).
+//!
+//! [`Gateway::router`] builds the axum router; handlers return `Result<_, ApiError>` and
+//! [`ApiError`] alone decides the error wire shape.
+#![warn(missing_docs)]
+
+mod control;
+mod error;
+mod invoke;
+mod manage;
+mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use rampart_runtime::Dispatcher;
+
+pub use error::ApiError;
+pub use registry::{Deployed, Registry};
+
+/// Shared state of every handler.
+pub struct Gateway {
+    registry: Registry,
+    dispatcher: Dispatcher,
+    region: String,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway serving `registry`'s functions through `dispatcher`.
+    pub fn new(registry: Registry, dispatcher: Dispatcher, region: String) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            dispatcher,
+            region,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on, invocations get 503 (the server is draining).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The functions served.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The router of the whole API.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let functions = "/2015-03-31/functions";
+        Router::new()
+            .route(
+                &format!("{functions}/{{name}}/invocations"),
+                post(invoke::invoke).layer(DefaultBodyLimit::disable()),
+            )
+            .route(
+                functions,
+                post(control::create_function)
+                    .get(control::list_functions)
+                    .layer(DefaultBodyLimit::max(rampart_model::MAX_CONTROL_BODY_BYTES)),
+            )
+            .route(
+                &format!("{functions}/{{name}}"),
+                get(control::get_function).delete(control::delete_function),
+            )
+            .route(
+                &format!("{functions}/{{name}}/configuration"),
+                get(control::get_function_configuration)
+                    .put(control::update_function_configuration),
+            )
+            .route(
+                &format!("{functions}/{{name}}/code"),
+                put(control::update_function_code)
+                    .layer(DefaultBodyLimit::max(rampart_model::MAX_CONTROL_BODY_BYTES)),
+            )
+            .route("/rampart/v1/health", get(|| async { "ok" }))
+            .route("/rampart/v1/functions/{name}/logs", get(manage::logs))
+            .route("/rampart/v1/functions/{name}/stats", get(manage::stats))
+            .fallback(|| async { ApiError::not_found("no such API path") })
+            .with_state(self.clone())
+    }
+}

@@ -1,1 +1,363 @@
-fn main() {}
+//! `rampart`: a self-hosted serverless platform that runs AWS Lambda functions unmodified.
+//!
+//! This binary holds the CLI (clap), the composition root ([`server`]) and the client commands.
+
+mod client;
+mod deploy;
+mod manifest;
+mod server;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+use crate::manifest::{Manifest, parse_duration};
+
+#[derive(Parser)]
+#[command(name = "rampart", version, about = "Run AWS Lambda functions on your own machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct EndpointArgs {
+    /// The server to talk to.
+    #[arg(long, env = "RAMPART_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    endpoint: String,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; see the ready line).
+    #[arg(long, env = "RAMPART_LISTEN", default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Directory holding the database, code bundles and instance temp dirs.
+    #[arg(long, env = "RAMPART_DATA_DIR", default_value = "./.rampart")]
+    data_dir: PathBuf,
+    /// Region reported in ARNs and AWS_REGION.
+    #[arg(long, env = "RAMPART_REGION", default_value = "us-east-1")]
+    region: String,
+    /// How long a request waits for a free instance before it gets 429.
+    #[arg(long, env = "RAMPART_QUEUE_WAIT", default_value = "100ms", value_parser = parse_duration)]
+    queue_wait: std::time::Duration,
+    /// Log lines older than this are deleted.
+    #[arg(long, env = "RAMPART_LOG_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    log_retention: std::time::Duration,
+    /// At most this many log lines are kept per function.
+    #[arg(long, env = "RAMPART_LOG_MAX_LINES", default_value_t = 100_000)]
+    log_max_lines: usize,
+    /// Longest wait for in-flight invocations when shutting down.
+    #[arg(long, env = "RAMPART_DRAIN_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    drain_timeout: std::time::Duration,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    #[command(after_help = "Example:\n  rampart serve --listen 127.0.0.1:9000 --data-dir /var/lib/rampart")]
+    Serve(ServeArgs),
+    /// Run the server in the foreground with the project in DIR deployed (the quickstart).
+    #[command(after_help = "Example:\n  rampart up examples/counter")]
+    Up {
+        /// Project directory holding rampart.toml.
+        dir: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Deploy the functions of the project in DIR to a running server.
+    #[command(after_help = "Example:\n  rampart deploy examples/counter --endpoint http://127.0.0.1:9000")]
+    Deploy {
+        /// Project directory holding rampart.toml.
+        dir: PathBuf,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Invoke a function synchronously and print its result.
+    #[command(after_help = "Examples:\n  rampart invoke counter --payload '{\"counter\": 1, \"operation\": \"increment\"}'\n  rampart invoke counter:3 --payload @event.json --tail")]
+    Invoke {
+        /// FUNCTION or FUNCTION:QUALIFIER ($LATEST or a version number).
+        function: String,
+        /// The event: JSON text, or @FILE to read it from a file.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Also print the last 4 KB of the invocation's log.
+        #[arg(long)]
+        tail: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// List, show or delete functions.
+    #[command(subcommand, after_help = "Examples:\n  rampart functions list\n  rampart functions show counter\n  rampart functions delete counter")]
+    Functions(FunctionsCommand),
+    /// Print a function's logs.
+    #[command(after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c...")]
+    Logs {
+        /// The function.
+        function: String,
+        /// Keep printing new lines as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines newer than this (e.g. 30s, 10m, 2h).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only the lines of one invocation.
+        #[arg(long)]
+        request: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum FunctionsCommand {
+    /// List functions.
+    #[command(after_help = "Example:\n  rampart functions list")]
+    List {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Show a function's configuration and instances.
+    #[command(after_help = "Example:\n  rampart functions show counter")]
+    Show {
+        /// The function.
+        function: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Delete a function.
+    #[command(after_help = "Example:\n  rampart functions delete counter")]
+    Delete {
+        /// The function.
+        function: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args, None).await,
+        Command::Up { dir, serve: args } => {
+            let manifest = Manifest::load(&dir)?;
+            serve(args, Some(manifest)).await
+        }
+        Command::Deploy { dir, endpoint } => {
+            let manifest = Manifest::load(&dir)?;
+            let client = Client::new(&endpoint.endpoint)?;
+            for d in deploy::deploy(&client, &manifest).await? {
+                println!("{}: {}", d.name, d.action);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke {
+            function,
+            payload,
+            tail,
+            endpoint,
+        } => invoke(&endpoint.endpoint, &function, &payload, tail).await,
+        Command::Functions(command) => functions(command).await,
+        Command::Logs {
+            function,
+            follow,
+            since,
+            request,
+            endpoint,
+        } => logs(&endpoint.endpoint, &function, follow, since, request).await,
+    }
+}
+
+async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
+    let options = server::Options {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        region: args.region,
+        queue_wait: args.queue_wait,
+        log_retention: args.log_retention,
+        log_max_lines: args.log_max_lines,
+        drain_timeout: args.drain_timeout,
+    };
+    let running = server::start(options).await?;
+    if let Some(manifest) = &project {
+        let client = Client::new(&format!("http://{}", running.addr))?;
+        match deploy::deploy(&client, manifest).await {
+            Ok(done) => print_quickstart(running.addr, &done),
+            Err(e) => {
+                running.stop();
+                running.wait().await?;
+                return Err(e.context("deploying the project"));
+            }
+        }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", server::ready_line(running.addr, &args.data_dir))
+            .and_then(|()| out.flush())
+            .context("printing the ready line")?;
+    }
+    server::signal().await?;
+    running.stop();
+    running.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_quickstart(addr: SocketAddr, deployed: &[deploy::Deployed]) {
+    println!("Deployed to http://{addr}:");
+    for d in deployed {
+        println!("  {} ({})", d.name, d.action);
+    }
+    if let Some(first) = deployed.first() {
+        let name = &first.name;
+        let event = r#"{"counter": 1, "operation": "increment"}"#;
+        println!("\nInvoke it with the CLI:");
+        println!("  rampart invoke {name} --endpoint http://{addr} --payload '{event}'");
+        println!("with curl:");
+        println!("  curl -s -X POST http://{addr}/2015-03-31/functions/{name}/invocations -d '{event}'");
+        println!("with boto3:");
+        println!(
+            "  python3 -c \"import boto3, json; c = boto3.client('lambda', endpoint_url='http://{addr}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x'); print(c.invoke(FunctionName='{name}', Payload=json.dumps({{'counter': 1, 'operation': 'increment'}}))['Payload'].read())\""
+        );
+        println!();
+    }
+}
+
+async fn invoke(endpoint: &str, function: &str, payload: &str, tail: bool) -> Result<ExitCode> {
+    let payload = match payload.strip_prefix('@') {
+        Some(file) => tokio::fs::read(file)
+            .await
+            .with_context(|| format!("reading the payload file {file}"))?,
+        None => payload.as_bytes().to_vec(),
+    };
+    let (name, qualifier) = match function.split_once(':') {
+        Some((n, q)) if !function.starts_with("arn:") => (n, Some(q)),
+        _ => (function, None),
+    };
+    let client = Client::new(endpoint)?;
+    let result = client.invoke(name, qualifier, payload, tail).await?;
+    if let Some(tail) = &result.log_tail {
+        eprintln!("{tail}");
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&result.body).context("printing the result")?;
+    writeln!(out).context("printing the result")?;
+    if let Some(kind) = result.function_error {
+        eprintln!(
+            "function error ({kind}) in version {}",
+            result.executed_version.as_deref().unwrap_or("?")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
+    match command {
+        FunctionsCommand::List { endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let functions = client.list_functions().await?;
+            println!("{:<32} {:<16} {:>7} {:>8}  LAST MODIFIED", "NAME", "RUNTIME", "MEMORY", "TIMEOUT");
+            for f in functions {
+                println!(
+                    "{:<32} {:<16} {:>7} {:>7}s  {}",
+                    f["FunctionName"].as_str().unwrap_or_default(),
+                    f["Runtime"].as_str().unwrap_or_default(),
+                    f["MemorySize"],
+                    f["Timeout"],
+                    f["LastModified"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        FunctionsCommand::Show { function, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let Some(mut f) = client.get_function(&function).await? else {
+                bail!("function {function} does not exist");
+            };
+            f["Instances"] = client.stats(&function).await?;
+            println!("{}", serde_json::to_string_pretty(&f).context("printing the function")?);
+        }
+        FunctionsCommand::Delete { function, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            client.delete_function(&function).await?;
+            println!("deleted {function}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(
+    endpoint: &str,
+    function: &str,
+    follow: bool,
+    since: Option<std::time::Duration>,
+    request: Option<String>,
+) -> Result<ExitCode> {
+    let client = Client::new(endpoint)?;
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(since) = since {
+        let from = jiff::Timestamp::now().as_millisecond() - since.as_millis() as i64;
+        query.push(("since_ms", from.to_string()));
+    }
+    if let Some(r) = request {
+        query.push(("request_id", r));
+    }
+    let mut after: Option<i64> = None;
+    loop {
+        let mut q = query.clone();
+        if let Some(a) = after {
+            q.push(("after_id", a.to_string()));
+        }
+        let lines = client.logs(function, &q).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            for l in &lines {
+                let ts = jiff::Timestamp::from_millisecond(l["ts_ms"].as_i64().unwrap_or(0))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                // Runtimes join multi-line messages with \r (as on AWS): show them as lines.
+                let text = l["line"].as_str().unwrap_or_default().replace('\r', "\n");
+                writeln!(out, "{ts} {text}").context("printing logs")?;
+            }
+            out.flush().context("printing logs")?;
+        }
+        if let Some(last) = lines.last() {
+            after = last["id"].as_i64();
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            r = server::signal() => { r?; return Ok(ExitCode::SUCCESS); }
+        }
+    }
+}

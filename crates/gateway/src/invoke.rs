@@ -1,0 +1,224 @@
+//! `POST /2015-03-31/functions/{name}/invocations` (invoke-api.md §2).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rampart_model::{
+    FunctionRef, MAX_CLIENT_CONTEXT_BYTES, MAX_SYNC_PAYLOAD_BYTES, Qualifier, function_arn,
+};
+use rampart_runtime::{FunctionSpec, InvokeError, InvokeRequest};
+
+use crate::{ApiError, Gateway};
+
+/// The function a request names, resolved against the registry.
+pub(crate) struct Target {
+    pub name: String,
+    pub qualifier: Qualifier,
+    pub spec: Arc<FunctionSpec>,
+}
+
+/// Parses `FunctionName` (name or ARN) and the `Qualifier` query, and finds the version.
+pub(crate) async fn resolve(
+    gateway: &Gateway,
+    raw: &str,
+    query_qualifier: Option<&str>,
+) -> Result<Target, ApiError> {
+    let function = FunctionRef::parse(raw).map_err(|e| ApiError::validation(e.message))?;
+    let query_qualifier = query_qualifier
+        .map(Qualifier::parse)
+        .transpose()
+        .map_err(|e| ApiError::validation(e.message))?;
+    let qualifier = match (function.qualifier, query_qualifier) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::invalid_parameter(
+                "The derived qualifier from the function name does not match the specified qualifier.",
+            ));
+        }
+        (a, b) => a.or(b).unwrap_or(Qualifier::Latest),
+    };
+    let name = function.name.to_string();
+    let not_found = || {
+        let q = match &qualifier {
+            Qualifier::Latest => None,
+            q => Some(q.to_string()),
+        };
+        ApiError::not_found(format!(
+            "Function not found: {}",
+            function_arn(&gateway.region, &name, q.as_deref())
+        ))
+    };
+    if let Some(region) = &function.region
+        && *region != gateway.region
+    {
+        return Err(ApiError::not_found(format!(
+            "Functions from '{region}' are not reachable in this region ('{}')",
+            gateway.region
+        )));
+    }
+    let spec = match &qualifier {
+        Qualifier::Latest => gateway.registry.latest(&name).map(|d| d.spec.clone()),
+        Qualifier::Version(n) => gateway.registry.version(&name, *n).await?,
+        // Aliases come with the deployments issue.
+        Qualifier::Alias(_) => None,
+    };
+    let spec = spec.ok_or_else(not_found)?;
+    Ok(Target {
+        name,
+        qualifier,
+        spec,
+    })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(crate) async fn invoke(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if gateway.draining() {
+        return Err(ApiError::shutting_down());
+    }
+    let invocation_type = header(&headers, "x-amz-invocation-type").unwrap_or("RequestResponse");
+    let tail = match header(&headers, "x-amz-log-type").unwrap_or("None") {
+        "None" => false,
+        "Tail" => true,
+        other => {
+            return Err(ApiError::invalid_parameter(format!(
+                "LogType '{other}' is not valid: use None or Tail"
+            )));
+        }
+    };
+    let target = resolve(&gateway, &name, query.get("Qualifier").map(String::as_str)).await?;
+    match invocation_type {
+        "RequestResponse" => {}
+        "DryRun" => return Ok(StatusCode::NO_CONTENT.into_response()),
+        "Event" => {
+            return Err(ApiError::invalid_parameter(
+                "InvocationType Event is not supported by this Rampart version yet: asynchronous invocations arrive with the durable queue",
+            ));
+        }
+        other => {
+            return Err(ApiError::invalid_parameter(format!(
+                "InvocationType '{other}' is not valid: use RequestResponse, Event or DryRun"
+            )));
+        }
+    }
+    let client_context = header(&headers, "x-amz-client-context")
+        .map(decode_client_context)
+        .transpose()?;
+    let payload = read_payload(body).await?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let invoked_arn = function_arn(
+        &gateway.region,
+        &target.name,
+        match target.qualifier {
+            Qualifier::Latest if !name.contains(':') && !query.contains_key("Qualifier") => None,
+            _ => Some(target.spec.version_label.as_ref()),
+        },
+    );
+    let trace_id = header(&headers, "x-amzn-trace-id")
+        .map(str::to_owned)
+        .unwrap_or_else(new_trace_id);
+    let request = InvokeRequest {
+        request_id: request_id.clone(),
+        payload,
+        invoked_arn,
+        trace_id,
+        client_context,
+        tail,
+    };
+    let limited = target.spec.config.max_concurrency.is_some();
+    let outcome = gateway
+        .dispatcher
+        .invoke(target.spec.clone(), request)
+        .await
+        .map_err(|e| match e {
+            InvokeError::Throttled { retry_after } => ApiError::throttled(
+                if limited {
+                    "ReservedFunctionConcurrentInvocationLimitExceeded"
+                } else {
+                    "ConcurrentInvocationLimitExceeded"
+                },
+                retry_after,
+            ),
+            InvokeError::ShuttingDown => ApiError::shutting_down(),
+        })?;
+    let mut response = Response::new(Body::from(outcome.body));
+    let h = response.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert(
+        "x-amz-executed-version",
+        HeaderValue::from_str(&outcome.executed_version).expect("version labels are ASCII"),
+    );
+    if outcome.function_error {
+        h.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+    }
+    if let Some(tail) = outcome.log_tail {
+        let encoded = BASE64.encode(tail.as_bytes());
+        h.insert(
+            "x-amz-log-result",
+            HeaderValue::from_str(&encoded).expect("base64 is a valid header value"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    Ok(response)
+}
+
+/// Reads the event, enforcing the 6 MB limit and that it is JSON (an empty body is `{}`).
+async fn read_payload(body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation"
+        ))
+    };
+    let bytes = axum::body::to_bytes(body, MAX_SYNC_PAYLOAD_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(ApiError::invalid_content(format!(
+            "Could not parse request body into json: {e}"
+        )));
+    }
+    Ok(bytes)
+}
+
+fn decode_client_context(encoded: &str) -> Result<String, ApiError> {
+    if encoded.len() > MAX_CLIENT_CONTEXT_BYTES {
+        return Err(ApiError::invalid_parameter(format!(
+            "Client context must be at most {MAX_CLIENT_CONTEXT_BYTES} bytes"
+        )));
+    }
+    let bad = || ApiError::invalid_content("Client context must be a base64-encoded JSON object");
+    let decoded = BASE64.decode(encoded).map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).map_err(|_| bad())?;
+    Ok(text)
+}
+
+/// A new X-Ray trace header: `Root=1-<8 hex epoch secs>-<24 hex>;Parent=<16 hex>;Sampled=0`.
+fn new_trace_id() -> String {
+    let secs = jiff::Timestamp::now().as_second();
+    let root = uuid::Uuid::new_v4().simple().to_string();
+    let parent = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "Root=1-{secs:08x}-{};Parent={};Sampled=0",
+        &root[..24],
+        &parent[..16]
+    )
+}

@@ -1,0 +1,258 @@
+//! `rampart.toml`: the functions of a project directory.
+//!
+//! ```toml
+//! [[function]]
+//! name = "counter"
+//! runtime = "python3.12"
+//! handler = "lambda_function.lambda_handler"
+//! code = "python"            # directory, relative to this file
+//! timeout = 3                # seconds, 1..=900 (default 3)
+//! memory_mb = 128            # 128..=10240 (default 128)
+//! max_concurrency = 10       # reserved concurrency (default: no reservation, cap 100)
+//! min_instances = 0          # kept warm
+//! idle_timeout = "10m"       # idle instances reclaimed after this (default 10m)
+//! build = ["cargo", "build", "--release"]   # optional, run in this directory before packaging
+//! bootstrap = "target/release/app"          # optional: packaged as the executable `bootstrap`
+//! [function.environment]
+//! GREETING = "hello"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rampart_model::{FunctionConfig, FunctionName, Runtime};
+use serde::Deserialize;
+
+/// One function as the manifest declares it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionEntry {
+    name: String,
+    runtime: String,
+    #[serde(default)]
+    handler: Option<String>,
+    code: PathBuf,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    timeout: Option<u32>,
+    #[serde(default)]
+    memory_mb: Option<u32>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    min_instances: Option<u32>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    build: Option<Vec<String>>,
+    #[serde(default)]
+    bootstrap: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    #[serde(default)]
+    function: Vec<toml::Value>,
+}
+
+/// A validated function of a project.
+#[derive(Debug, Clone)]
+pub struct ProjectFunction {
+    /// The function's name.
+    pub name: FunctionName,
+    /// Its configuration.
+    pub config: FunctionConfig,
+    /// The directory packaged as its code.
+    pub code_dir: PathBuf,
+    /// A command run (in the project directory) before packaging.
+    pub build: Option<Vec<String>>,
+    /// A file packaged as the executable `bootstrap`.
+    pub bootstrap: Option<PathBuf>,
+}
+
+/// The project of a directory.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The project directory.
+    pub dir: PathBuf,
+    /// Its functions, in file order.
+    pub functions: Vec<ProjectFunction>,
+}
+
+impl Manifest {
+    /// Reads and validates `<dir>/rampart.toml`.
+    ///
+    /// # Errors
+    /// A message naming the file, the function and the field at fault.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("rampart.toml");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(dir, &path, &text)
+    }
+
+    fn parse(dir: &Path, path: &Path, text: &str) -> Result<Self> {
+        let file = path.display();
+        let raw: ManifestFile = toml::from_str(text).with_context(|| format!("{file}: invalid manifest"))?;
+        if raw.function.is_empty() {
+            bail!("{file}: no [[function]] is declared");
+        }
+        let mut functions: Vec<ProjectFunction> = Vec::new();
+        for (i, value) in raw.function.into_iter().enumerate() {
+            let label = value
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("#{}", i + 1), |n| format!("'{n}'"));
+            let entry: FunctionEntry = value
+                .try_into()
+                .map_err(|e: toml::de::Error| anyhow::anyhow!("{file}: function {label}: {}", e.message()))?;
+            let function = entry
+                .validate(dir)
+                .map_err(|(field, message)| anyhow::anyhow!("{file}: function {label}: field '{field}': {message}"))?;
+            if functions.iter().any(|f| f.name == function.name) {
+                bail!("{file}: function {label}: field 'name': declared twice");
+            }
+            functions.push(function);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            functions,
+        })
+    }
+}
+
+impl FunctionEntry {
+    fn validate(self, dir: &Path) -> Result<ProjectFunction, (&'static str, String)> {
+        let name = FunctionName::parse(&self.name).map_err(|e| ("name", e.message))?;
+        let runtime: Runtime = self.runtime.parse().map_err(|e: rampart_model::ValidationError| ("runtime", e.message))?;
+        let handler = match (self.handler, runtime.family()) {
+            (Some(h), _) => h,
+            // Custom runtimes ignore the handler; Lambda still wants one.
+            (None, rampart_model::RuntimeFamily::Provided) => "bootstrap".to_owned(),
+            (None, _) => return Err(("handler", "is required for this runtime (for example lambda_function.lambda_handler)".into())),
+        };
+        let mut config = FunctionConfig::new(runtime, handler);
+        if let Some(t) = self.timeout {
+            config.timeout_secs = t;
+        }
+        if let Some(m) = self.memory_mb {
+            config.memory_mb = m;
+        }
+        if let Some(d) = self.description {
+            config.description = d;
+        }
+        config.environment = self.environment;
+        config.max_concurrency = self.max_concurrency;
+        if let Some(m) = self.min_instances {
+            config.min_instances = m;
+        }
+        if let Some(idle) = self.idle_timeout {
+            let d = parse_duration(&idle).map_err(|e| ("idle_timeout", e))?;
+            config.idle_timeout_secs = d.as_secs().max(1);
+        }
+        config.validate().map_err(|e| (manifest_field(e.field), e.message))?;
+        let code_dir = dir.join(&self.code);
+        if !code_dir.is_dir() {
+            return Err(("code", format!("{} is not a directory", code_dir.display())));
+        }
+        if let Some(b) = &self.build
+            && b.is_empty()
+        {
+            return Err(("build", "must name a program".into()));
+        }
+        Ok(ProjectFunction {
+            name,
+            config,
+            code_dir,
+            build: self.build,
+            bootstrap: self.bootstrap.map(|b| dir.join(b)),
+        })
+    }
+}
+
+/// The manifest's name for a configuration field named as AWS names it.
+fn manifest_field(aws: &str) -> &'static str {
+    match aws {
+        "Timeout" => "timeout",
+        "MemorySize" => "memory_mb",
+        "Handler" => "handler",
+        "Environment" => "environment",
+        "Description" => "description",
+        "ReservedConcurrentExecutions" => "max_concurrency",
+        "MinInstances" => "min_instances",
+        "IdleTimeout" => "idle_timeout",
+        "Runtime" => "runtime",
+        _ => "function",
+    }
+}
+
+/// Parses `"30s"`, `"10m"`, `"1h"` (and ISO 8601 durations).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("'{text}' is not a duration like 30s, 10m or 1h: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("'{text}' must not be negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        Manifest::parse(dir.path(), Path::new("rampart.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[[function]]
+name = "counter"
+runtime = "python3.12"
+handler = "app.handler"
+code = "src"
+timeout = 10
+idle_timeout = "2m"
+max_concurrency = 4
+[function.environment]
+GREETING = "hi"
+"#;
+
+    #[test]
+    fn reads_a_good_manifest() {
+        let m = parse(GOOD).unwrap();
+        let f = &m.functions[0];
+        assert_eq!(f.name.as_str(), "counter");
+        assert_eq!(f.config.timeout_secs, 10);
+        assert_eq!(f.config.idle_timeout_secs, 120);
+        assert_eq!(f.config.max_concurrency, Some(4));
+        assert_eq!(f.config.environment["GREETING"], "hi");
+        assert_eq!(f.config.memory_mb, 128);
+    }
+
+    #[test]
+    fn errors_name_file_function_and_field() {
+        let err = parse(&GOOD.replace("timeout = 10", "timeout = 901")).unwrap_err().to_string();
+        assert!(err.contains("rampart.toml") && err.contains("'counter'") && err.contains("'timeout'"), "{err}");
+        let err = parse(&GOOD.replace("timeout = 10", "timout = 10")).unwrap_err().to_string();
+        assert!(err.contains("'counter'") && err.contains("timout"), "{err}");
+        let err = parse(&GOOD.replace("python3.12", "cobol")).unwrap_err().to_string();
+        assert!(err.contains("'runtime'"), "{err}");
+        let err = parse(&GOOD.replace("\"2m\"", "\"soon\"")).unwrap_err().to_string();
+        assert!(err.contains("'idle_timeout'"), "{err}");
+        let err = parse(&GOOD.replace("code = \"src\"", "code = \"nope\"")).unwrap_err().to_string();
+        assert!(err.contains("'code'"), "{err}");
+        let err = parse(&GOOD.replace("name = \"counter\"", "name = \"bad name\"")).unwrap_err().to_string();
+        assert!(err.contains("'name'"), "{err}");
+        let err = parse("[[function]]\nname = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("function 'x'") && err.contains("runtime"), "{err}");
+        let err = parse("stray = 1\n").unwrap_err().to_string();
+        assert!(err.contains("stray"), "{err}");
+        let twice = format!("{GOOD}{GOOD}").replace("[function.environment]\nGREETING = \"hi\"\n", "");
+        assert!(parse(&twice).unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,217 @@
+//! The composition root: builds the store, the dispatcher and the gateway, serves until a
+//! signal, then drains in order (refuse new work, finish in-flight invocations, stop instances,
+//! flush logs, close the store).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rampart_gateway::{Gateway, Registry};
+use rampart_runtime::{Dispatcher, Launcher, LogRecord, Sandbox, Settings};
+use rampart_store::{CodeStore, LogLine, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Address of the API listener (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Where the database, code and instance temp dirs live.
+    pub data_dir: PathBuf,
+    /// Region in ARNs and `AWS_REGION`.
+    pub region: String,
+    /// How long a request waits for a free instance before 429.
+    pub queue_wait: Duration,
+    /// Logs older than this are deleted.
+    pub log_retention: Duration,
+    /// At most this many log lines are kept per function.
+    pub log_max_lines: usize,
+    /// Longest wait for in-flight invocations when draining.
+    pub drain_timeout: Duration,
+}
+
+/// A server that is listening.
+pub struct Running {
+    /// The bound API address.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Asks the server to drain and stop.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<()> {
+        self.done.await.context("the server task panicked")?
+    }
+}
+
+/// Opens everything, binds the listener and starts serving in the background.
+pub async fn start(options: Options) -> Result<Running> {
+    let data_dir = options.data_dir.clone();
+    let store = Store::open(&data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let launcher = Launcher::prepare(&data_dir)
+        .await
+        .context("preparing the runtimes")?;
+    let sandbox = Sandbox::detect();
+    tracing::info!(
+        python = ?launcher.python, node = ?launcher.node, sandbox = %sandbox.describe(),
+        "runtimes ready"
+    );
+    // Leftovers of a previous run (instances die with the server, their temp dirs may not).
+    let _ = tokio::fs::remove_dir_all(data_dir.join("tmp")).await;
+
+    let (log_tx, log_rx) = mpsc::channel(16 * 1024);
+    let dispatcher = Dispatcher::new(Settings {
+        data_dir: data_dir.clone(),
+        region: options.region.clone(),
+        launcher,
+        sandbox,
+        log_sink: log_tx,
+        queue_wait: options.queue_wait,
+        init_timeout: Duration::from_secs(10),
+        kill_grace: Duration::from_millis(500),
+    });
+    let registry = Registry::load(store.clone(), CodeStore::new(&data_dir), dispatcher.clone())
+        .await
+        .context("loading functions")?;
+    let gateway = Gateway::new(registry, dispatcher.clone(), options.region.clone());
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding {}", options.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let logs_done = CancellationToken::new();
+    tasks.spawn(write_logs(store.clone(), log_rx, options.clone(), logs_done.clone()));
+    tasks.spawn(dispatcher.clone().run_maintenance(shutdown.child_token()));
+
+    let http_stop = CancellationToken::new();
+    let router = gateway.router();
+    let stop = http_stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+
+    let token = shutdown.clone();
+    let done = tokio::spawn(async move {
+        token.cancelled().await;
+        tracing::info!("draining: new invocations get 503");
+        gateway.start_draining();
+        dispatcher.shutdown(options.drain_timeout).await;
+        tracing::info!("instances stopped; closing the listener");
+        http_stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), http).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error"),
+            Err(_) => tracing::warn!("HTTP connections did not close in time"),
+            _ => {}
+        }
+        logs_done.cancel();
+        tasks.close();
+        tasks.wait().await;
+        drop(gateway);
+        tracing::info!("stopped");
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        done,
+    })
+}
+
+/// Moves log lines from instances into the store in batches, and applies retention.
+async fn write_logs(
+    store: Store,
+    mut rx: mpsc::Receiver<LogRecord>,
+    options: Options,
+    done: CancellationToken,
+) {
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    let mut batch = Vec::with_capacity(1024);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 1024) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            _ = prune.tick() => {
+                let before = jiff::Timestamp::now().as_millisecond()
+                    - options.log_retention.as_millis() as i64;
+                if let Err(e) = store.prune_logs(before, options.log_max_lines).await {
+                    tracing::warn!(error = %e, "pruning logs failed");
+                }
+                continue;
+            }
+            () = done.cancelled() => {
+                // Take what is left, then stop.
+                while let Ok(r) = rx.try_recv() {
+                    batch.push(r);
+                }
+                flush(&store, &mut batch).await;
+                break;
+            }
+        }
+        flush(&store, &mut batch).await;
+    }
+}
+
+async fn flush(store: &Store, batch: &mut Vec<LogRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let lines = batch
+        .drain(..)
+        .map(|r| LogLine {
+            id: 0,
+            function: r.function.to_string(),
+            version: r.version.to_string(),
+            instance: r.instance.to_string(),
+            request_id: r.request_id.map(|r| r.to_string()),
+            ts_ms: r.ts_ms,
+            stream: r.stream.to_owned(),
+            line: r.line,
+        })
+        .collect();
+    if let Err(e) = store.append_logs(lines).await {
+        tracing::warn!(error = %e, "storing log lines failed");
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// The one machine-readable line announcing the server is ready.
+pub fn ready_line(addr: SocketAddr, data_dir: &std::path::Path) -> String {
+    serde_json::json!({
+        "event": "ready",
+        "listen": addr.to_string(),
+        "endpoint": format!("http://{addr}"),
+        "data_dir": data_dir.display().to_string(),
+        "pid": std::process::id(),
+    })
+    .to_string()
+}
+

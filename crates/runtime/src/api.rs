@@ -1,0 +1,217 @@
+//! The Runtime API one instance talks to (`shared/spec/runtime-api.md` §3): its own listener,
+//! so an instance can only see and answer its own invocations.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rampart_model::MAX_RESPONSE_BYTES;
+
+use crate::instance::{Phase, Reply, Shared, Status};
+
+const BASE: &str = "/2018-06-01";
+
+/// The router of one instance's Runtime API.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(&format!("{BASE}/runtime/invocation/next"), get(next))
+        .route(
+            &format!("{BASE}/runtime/invocation/{{id}}/response"),
+            post(response),
+        )
+        .route(&format!("{BASE}/runtime/invocation/{{id}}/error"), post(error))
+        .route(&format!("{BASE}/runtime/init/error"), post(init_error))
+        .route(&format!("{BASE}/ping"), get(|| async { "pong" }))
+        .fallback(|| async {
+            api_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "this Runtime API endpoint is not implemented",
+            )
+        })
+        .with_state(shared)
+}
+
+fn api_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+    let body = serde_json::json!({"errorType": error_type, "errorMessage": message});
+    (status, axum::Json(body)).into_response()
+}
+
+fn accepted() -> Response {
+    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()
+}
+
+fn invalid_state(message: &str) -> Response {
+    api_error(StatusCode::FORBIDDEN, "InvalidStateTransition", message)
+}
+
+async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    {
+        let mut phase = shared.phase.lock().expect("phase lock");
+        if matches!(&*phase, Phase::Busy { reply: Some(_), .. }) {
+            return invalid_state("an invocation is outstanding: post its response or error first");
+        }
+        *phase = Phase::Waiting;
+    }
+    shared.status.send_if_modified(|s| {
+        let first = matches!(s, Status::Starting);
+        if first {
+            *s = Status::Ready;
+        }
+        first
+    });
+    let event = {
+        let mut events = shared.events.lock().await;
+        events.recv().await
+    };
+    let Some(event) = event else {
+        return api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "the instance is shutting down",
+        );
+    };
+    let mut response = Response::new(Body::from(event.payload));
+    let headers = response.headers_mut();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    put("lambda-runtime-aws-request-id", &event.request_id);
+    put("lambda-runtime-deadline-ms", &event.deadline_ms.to_string());
+    put("lambda-runtime-invoked-function-arn", &event.invoked_arn);
+    put("lambda-runtime-trace-id", &event.trace_id);
+    if let Some(cc) = &event.client_context {
+        put("lambda-runtime-client-context", cc);
+    }
+    put("content-type", "application/json");
+    shared.begin(event.request_id, event.reply);
+    response
+}
+
+/// Reads a response or error body, refusing one over the limit.
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|_| {
+            api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!("the body exceeds the maximum of {MAX_RESPONSE_BYTES} bytes"),
+            )
+        })
+}
+
+/// Checks `id` against the outstanding invocation; on success takes its reply channel.
+fn take_reply(
+    shared: &Shared,
+    id: &str,
+) -> Result<tokio::sync::oneshot::Sender<Reply>, Response> {
+    let mut phase = shared.phase.lock().expect("phase lock");
+    match &mut *phase {
+        Phase::Busy { request_id, reply } if request_id == id => reply
+            .take()
+            .ok_or_else(|| invalid_state("this invocation was already answered")),
+        Phase::Init => Err(invalid_state("no invocation has been delivered yet")),
+        _ => Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            &format!("request id {id} is not the outstanding invocation"),
+        )),
+    }
+}
+
+async fn response(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(mode) = headers.get("lambda-runtime-function-response-mode")
+        && mode != "streaming"
+    {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidFunctionResponseMode",
+            "Lambda-Runtime-Function-Response-Mode must be 'streaming' when present",
+        );
+    }
+    let reply = match take_reply(&shared, &id) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match read_body(body).await {
+        Ok(body) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let _ = reply.send(Reply::Response { body, content_type });
+            accepted()
+        }
+        Err(resp) => {
+            let _ = reply.send(Reply::TooLarge);
+            resp
+        }
+    }
+}
+
+async fn error(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let reply = match take_reply(&shared, &id) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match read_body(body).await {
+        Ok(body) => {
+            let _ = reply.send(Reply::Error {
+                body,
+                error_type: error_type(&headers),
+            });
+            accepted()
+        }
+        Err(resp) => {
+            let _ = reply.send(Reply::TooLarge);
+            resp
+        }
+    }
+}
+
+fn error_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn init_error(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !matches!(*shared.phase.lock().expect("phase lock"), Phase::Init) {
+        return invalid_state("init already finished");
+    }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let error_type = error_type(&headers);
+    shared.status.send_if_modified(|s| {
+        let starting = matches!(s, Status::Starting);
+        if starting {
+            *s = Status::InitFailed { body, error_type };
+        }
+        starting
+    });
+    accepted()
+}

@@ -1,0 +1,763 @@
+//! The invoke path: admission under the function's concurrency limit, warm pools (most recently
+//! used first), cold starts, and turning every way an invocation can end into an outcome.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::instance::{Current, Event, ExitInfo, Instance, Reply, Status};
+use crate::{FunctionSpec, InvokeError, InvokeOutcome, InvokeRequest, Settings, now_ms};
+
+/// How often idle instances are reclaimed and warm pools refilled.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
+/// Consecutive init failures before cold starts back off.
+const CRASH_LOOP_THRESHOLD: u32 = 3;
+/// Longest crash-loop backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Counts of a function's instances, for `rampart functions show`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Instances alive (idle, busy or starting).
+    pub instances: usize,
+    /// Instances waiting for work.
+    pub idle: usize,
+    /// Invocations running now.
+    pub busy: usize,
+    /// Reserved concurrency in force.
+    pub limit: u32,
+}
+
+/// Runs invocations on instances. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    functions: Mutex<HashMap<Arc<str>, Arc<FunctionPools>>>,
+    /// Every live instance, so shutdown can reach those that are starting.
+    instances: Mutex<HashMap<Arc<str>, Arc<Instance>>>,
+    /// Instance tasks (servers, readers, monitors) and pre-warming.
+    tasks: TaskTracker,
+    /// Invocations in flight, waited for when draining.
+    invocations: TaskTracker,
+    draining: AtomicBool,
+}
+
+/// All pools of one function, sharing its concurrency limit.
+struct FunctionPools {
+    limit: u32,
+    permits: Arc<Semaphore>,
+    pools: Mutex<HashMap<(Arc<str>, u64), Arc<Pool>>>,
+}
+
+/// Instances of one version of a function, under one label.
+struct Pool {
+    spec: Arc<FunctionSpec>,
+    /// Most recently used last.
+    idle: Mutex<Vec<Arc<Instance>>>,
+    live: AtomicUsize,
+    /// A newer version took over the label (or the function was deleted): no reuse.
+    retired: AtomicBool,
+    crash: Mutex<CrashLoop>,
+}
+
+#[derive(Default)]
+struct CrashLoop {
+    failures: u32,
+    until: Option<Instant>,
+    last_error: Bytes,
+}
+
+impl Pool {
+    fn pop_idle(&self) -> Option<Arc<Instance>> {
+        let mut idle = self.idle.lock().expect("idle lock");
+        while let Some(instance) = idle.pop() {
+            if instance.is_healthy() {
+                return Some(instance);
+            }
+            instance.kill();
+        }
+        None
+    }
+
+    fn backing_off(&self) -> Option<Bytes> {
+        let crash = self.crash.lock().expect("crash lock");
+        crash
+            .until
+            .filter(|until| Instant::now() < *until)
+            .map(|_| crash.last_error.clone())
+    }
+
+    fn init_failed(&self, error: Bytes) {
+        let mut crash = self.crash.lock().expect("crash lock");
+        crash.failures += 1;
+        crash.last_error = error;
+        if crash.failures >= CRASH_LOOP_THRESHOLD {
+            let exp = (crash.failures - CRASH_LOOP_THRESHOLD).min(5);
+            let backoff = (Duration::from_secs(1) * 2u32.pow(exp)).min(MAX_BACKOFF);
+            tracing::warn!(function = %self.spec.name, failures = crash.failures, ?backoff, "init keeps failing: backing off");
+            crash.until = Some(Instant::now() + backoff);
+        }
+    }
+
+    fn init_succeeded(&self) {
+        let mut crash = self.crash.lock().expect("crash lock");
+        if crash.failures > 0 {
+            *crash = CrashLoop::default();
+        }
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher with no instances yet.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                functions: Mutex::default(),
+                instances: Mutex::default(),
+                tasks: TaskTracker::new(),
+                invocations: TaskTracker::new(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The settings instances run with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Reclaims idle instances and keeps `min_instances` warm until `shutdown` is cancelled.
+    pub async fn run_maintenance(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+    }
+
+    fn maintain(&self) {
+        let functions: Vec<Arc<FunctionPools>> = self
+            .inner
+            .functions
+            .lock()
+            .expect("functions lock")
+            .values()
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for fp in functions {
+            let mut pools = fp.pools.lock().expect("pools lock");
+            pools.retain(|_, pool| {
+                !(pool.retired.load(Ordering::Relaxed) && pool.live.load(Ordering::Relaxed) == 0)
+            });
+            for pool in pools.values() {
+                let min = pool.spec.config.min_instances as usize;
+                let idle_timeout = pool.spec.config.idle_timeout();
+                let mut live = pool.live.load(Ordering::Relaxed);
+                {
+                    let mut idle = pool.idle.lock().expect("idle lock");
+                    // Oldest first; keep min_instances alive.
+                    while let Some(oldest) = idle.first() {
+                        let expired = *oldest.last_used.lock().expect("last used lock")
+                            + idle_timeout
+                            <= now;
+                        let retired = pool.retired.load(Ordering::Relaxed);
+                        if !(retired || (expired && live > min)) {
+                            break;
+                        }
+                        let instance = idle.remove(0);
+                        tracing::debug!(instance = %instance.id, function = %pool.spec.name, "reclaiming idle instance");
+                        // Its exit takes it off `pool.live`; count it gone for this round now.
+                        instance.terminate();
+                        live -= 1;
+                    }
+                }
+                let warm_needed = !pool.retired.load(Ordering::Relaxed)
+                    && live < min
+                    && pool.backing_off().is_none()
+                    && !self.inner.draining.load(Ordering::Relaxed);
+                if warm_needed {
+                    self.prewarm(pool.clone());
+                }
+            }
+        }
+    }
+
+    fn prewarm(&self, pool: Arc<Pool>) {
+        pool.live.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let instance = match this.spawn_instance(&pool).await {
+                Ok(i) => i,
+                Err(e) => {
+                    pool.live.fetch_sub(1, Ordering::Relaxed);
+                    pool.init_failed(Bytes::from(e));
+                    return;
+                }
+            };
+            let mut status = instance.shared.status.subscribe();
+            let ready = tokio::time::timeout(
+                this.inner.settings.init_timeout,
+                status.wait_for(|s| !matches!(s, Status::Starting)),
+            )
+            .await
+            .map(|s| s.is_ok_and(|s| matches!(*s, Status::Ready)));
+            match ready {
+                Ok(true) => {
+                    *instance.init_duration.lock().expect("init lock") =
+                        Some(instance.spawned_at.elapsed());
+                    pool.init_succeeded();
+                    *instance.last_used.lock().expect("last used lock") = Instant::now();
+                    pool.idle.lock().expect("idle lock").insert(0, instance);
+                }
+                _ => {
+                    pool.init_failed(Bytes::from_static(b"pre-warm init failed"));
+                    instance.kill();
+                }
+            }
+        });
+    }
+
+    /// Starts an instance of the pool's version and registers it; the caller has already
+    /// counted it in `pool.live`.
+    async fn spawn_instance(&self, pool: &Arc<Pool>) -> Result<Arc<Instance>, String> {
+        let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let exit_pool = pool.clone();
+        let exit_id = id.clone();
+        let on_exit = Box::new(move || {
+            exit_pool.live.fetch_sub(1, Ordering::Relaxed);
+            if let Some(inner) = weak.upgrade() {
+                inner
+                    .instances
+                    .lock()
+                    .expect("instances lock")
+                    .remove(&exit_id);
+            }
+        });
+        let instance = Instance::spawn(
+            id,
+            pool.spec.clone(),
+            &self.inner.settings,
+            &self.inner.tasks,
+            on_exit,
+        )
+        .await?;
+        let exited = matches!(*instance.shared.status.borrow(), Status::Exited(_));
+        if !exited {
+            self.inner
+                .instances
+                .lock()
+                .expect("instances lock")
+                .insert(instance.id.clone(), instance.clone());
+        }
+        Ok(instance)
+    }
+
+    fn function_pools(&self, spec: &FunctionSpec) -> Arc<FunctionPools> {
+        let limit = spec.config.concurrency_limit();
+        let mut functions = self.inner.functions.lock().expect("functions lock");
+        let entry = functions
+            .entry(spec.name.clone())
+            .or_insert_with(|| new_function_pools(limit));
+        if entry.limit != limit {
+            // A new reservation: new permits; invocations holding old ones finish on those.
+            let pools = std::mem::take(&mut *entry.pools.lock().expect("pools lock"));
+            let fresh = new_function_pools(limit);
+            *fresh.pools.lock().expect("pools lock") = pools;
+            *entry = fresh;
+        }
+        entry.clone()
+    }
+
+    fn pool(&self, fp: &FunctionPools, spec: &Arc<FunctionSpec>) -> Arc<Pool> {
+        let mut pools = fp.pools.lock().expect("pools lock");
+        let key = (spec.version_label.clone(), spec.version);
+        if let Some(pool) = pools.get(&key) {
+            return pool.clone();
+        }
+        // A newer version under the same label retires the older pools of that label.
+        for ((label, _), old) in pools.iter() {
+            if *label == spec.version_label {
+                retire(old);
+            }
+        }
+        let pool = Arc::new(Pool {
+            spec: spec.clone(),
+            idle: Mutex::default(),
+            live: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            crash: Mutex::default(),
+        });
+        pools.insert(key, pool.clone());
+        pool
+    }
+
+    /// Makes sure the pool of `spec` exists, so `min_instances` are started and kept warm.
+    pub fn ensure_warm(&self, spec: Arc<FunctionSpec>) {
+        if spec.config.min_instances > 0 {
+            let fp = self.function_pools(&spec);
+            self.pool(&fp, &spec);
+        }
+    }
+
+    /// Stops reusing every instance of a function (after an update or delete): idle ones end
+    /// now, busy ones when their invocation ends.
+    pub fn retire_function(&self, name: &str) {
+        let fp = self.inner.functions.lock().expect("functions lock").get(name).cloned();
+        if let Some(fp) = fp {
+            for pool in fp.pools.lock().expect("pools lock").values() {
+                retire(pool);
+            }
+        }
+    }
+
+    /// Instance counts of a function.
+    pub fn stats(&self, name: &str) -> PoolStats {
+        let fp = self.inner.functions.lock().expect("functions lock").get(name).cloned();
+        let Some(fp) = fp else {
+            return PoolStats::default();
+        };
+        let pools = fp.pools.lock().expect("pools lock");
+        let mut stats = PoolStats {
+            limit: fp.limit,
+            busy: fp.limit as usize - fp.permits.available_permits(),
+            ..PoolStats::default()
+        };
+        for pool in pools.values() {
+            stats.instances += pool.live.load(Ordering::Relaxed);
+            stats.idle += pool.idle.lock().expect("idle lock").len();
+        }
+        stats
+    }
+
+    /// Runs one invocation of `spec`.
+    ///
+    /// # Errors
+    /// [`InvokeError::Throttled`] when the concurrency limit stays reached for the queue wait;
+    /// [`InvokeError::ShuttingDown`] while draining. A function's own failure is an `Ok`
+    /// outcome with `function_error` set.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the caller's wait; an instance that was running the event is
+    /// killed (its invocation cannot be answered any more) and replaced on demand.
+    pub async fn invoke(
+        &self,
+        spec: Arc<FunctionSpec>,
+        request: InvokeRequest,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        if self.inner.draining.load(Ordering::Acquire) {
+            return Err(InvokeError::ShuttingDown);
+        }
+        self.inner
+            .invocations
+            .track_future(self.invoke_admitted(spec, request))
+            .await
+    }
+
+    async fn invoke_admitted(
+        &self,
+        spec: Arc<FunctionSpec>,
+        request: InvokeRequest,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        let fp = self.function_pools(&spec);
+        let permit = self.admit(&fp).await?;
+        let pool = self.pool(&fp, &spec);
+        let pending = PendingInvocation {
+            pool: pool.clone(),
+            request,
+            _permit: permit,
+        };
+        if let Some(last_error) = pool.backing_off() {
+            return Ok(pending.failed_fast(last_error));
+        }
+        let instance = match pool.pop_idle() {
+            Some(instance) => instance,
+            None => {
+                pool.live.fetch_add(1, Ordering::Relaxed);
+                match self.spawn_instance(&pool).await {
+                    Ok(instance) => instance,
+                    Err(message) => {
+                        pool.live.fetch_sub(1, Ordering::Relaxed);
+                        return Ok(pending.entrypoint_failed(&message));
+                    }
+                }
+            }
+        };
+        let guard = KillOnDrop(Some(instance.clone()));
+        let outcome = pending.run(&instance, &self.inner.settings).await;
+        guard.disarm();
+        let reusable = instance.is_healthy() && !pool.retired.load(Ordering::Relaxed);
+        if reusable {
+            *instance.last_used.lock().expect("last used lock") = Instant::now();
+            pool.idle.lock().expect("idle lock").push(instance);
+        } else {
+            instance.kill();
+        }
+        Ok(outcome)
+    }
+
+    async fn admit(&self, fp: &FunctionPools) -> Result<OwnedSemaphorePermit, InvokeError> {
+        if let Ok(permit) = fp.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let wait = self.inner.settings.queue_wait;
+        match tokio::time::timeout(wait, fp.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(InvokeError::Throttled {
+                retry_after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// Drains: refuses new invocations, lets running ones finish (each within its own timeout,
+    /// all within `inflight_bound`), then stops every instance (SIGTERM, SIGKILL after the grace)
+    /// and waits for their tasks.
+    pub async fn shutdown(&self, inflight_bound: Duration) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.invocations.close();
+        if tokio::time::timeout(inflight_bound, self.inner.invocations.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight invocations did not finish in time: stopping their instances");
+        }
+        let instances: Vec<Arc<Instance>> = self
+            .inner
+            .instances
+            .lock()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        tracing::info!(count = instances.len(), "stopping instances");
+        for instance in &instances {
+            instance.terminate();
+        }
+        self.inner.tasks.close();
+        let bound = self.inner.settings.kill_grace + Duration::from_secs(5);
+        if tokio::time::timeout(bound, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some instance tasks did not end in time");
+        }
+    }
+}
+
+fn new_function_pools(limit: u32) -> Arc<FunctionPools> {
+    Arc::new(FunctionPools {
+        limit,
+        permits: Arc::new(Semaphore::new(limit as usize)),
+        pools: Mutex::default(),
+    })
+}
+
+fn retire(pool: &Pool) {
+    pool.retired.store(true, Ordering::Relaxed);
+    let idle = std::mem::take(&mut *pool.idle.lock().expect("idle lock"));
+    for instance in idle {
+        instance.terminate();
+    }
+}
+
+/// Kills the instance if the invocation future is dropped mid-run.
+struct KillOnDrop(Option<Arc<Instance>>);
+
+impl KillOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(instance) = self.0.take() {
+            instance.kill();
+        }
+    }
+}
+
+/// An admitted invocation.
+struct PendingInvocation {
+    pool: Arc<Pool>,
+    request: InvokeRequest,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Lambda's error object.
+fn error_body(error_type: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string(),
+    )
+}
+
+impl PendingInvocation {
+    fn outcome(&self, body: Bytes, function_error: bool, duration: Duration) -> InvokeOutcome {
+        InvokeOutcome {
+            body,
+            content_type: None,
+            function_error,
+            executed_version: self.pool.spec.version_label.clone(),
+            log_tail: None,
+            duration,
+            cold_start: true,
+        }
+    }
+
+    fn failed_fast(&self, last_error: Bytes) -> InvokeOutcome {
+        self.outcome(last_error, true, Duration::ZERO)
+    }
+
+    fn entrypoint_failed(&self, message: &str) -> InvokeOutcome {
+        let id = &self.request.request_id;
+        let body = error_body(
+            "Runtime.InvalidEntrypoint",
+            &format!("RequestId: {id} Error: {message}"),
+        );
+        self.pool.init_failed(body.clone());
+        self.outcome(body, true, Duration::ZERO)
+    }
+
+    /// Runs the invocation on `instance`, waiting for its init first on a cold start.
+    async fn run(self, instance: &Arc<Instance>, settings: &Settings) -> InvokeOutcome {
+        let id = self.request.request_id.clone();
+        let spec = &self.pool.spec;
+        let cold = instance.cold();
+        instance.invocations.fetch_add(1, Ordering::Relaxed);
+        *instance.shared.current.lock().expect("current lock") = Some(Current {
+            request_id: id.as_str().into(),
+            tail: self.request.tail.then(String::new),
+        });
+        let mut status = instance.shared.status.subscribe();
+        if cold && instance.init_duration.lock().expect("init lock").is_none() {
+            let waited = tokio::time::timeout(
+                settings.init_timeout,
+                status.wait_for(|s| !matches!(s, Status::Starting)),
+            )
+            .await
+            .map(|s| s.map(|s| s.clone()).unwrap_or(Status::Starting));
+            let init_ms = ms(instance.spawned_at.elapsed());
+            let failure = match waited {
+                Ok(Status::Ready) => {
+                    *instance.init_duration.lock().expect("init lock") =
+                        Some(instance.spawned_at.elapsed());
+                    self.pool.init_succeeded();
+                    None
+                }
+                Ok(Status::InitFailed { body, error_type }) => {
+                    let error_type = error_type.unwrap_or_else(|| "Runtime.Unknown".into());
+                    Some((body, error_type))
+                }
+                Ok(Status::Exited(info)) => Some((
+                    exit_error(&id, &info),
+                    exit_error_type(&info).to_owned(),
+                )),
+                // The status sender is gone only with the instance: treat as an exit.
+                Ok(Status::Starting) => Some((
+                    error_body("Runtime.ExitError", &format!("RequestId: {id} Error: Runtime exited during init")),
+                    "Runtime.ExitError".to_owned(),
+                )),
+                Err(_) => Some((
+                    error_body(
+                        "Sandbox.Timedout",
+                        &format!(
+                            "RequestId: {id} Error: Init timed out after {:.2} seconds",
+                            settings.init_timeout.as_secs_f64()
+                        ),
+                    ),
+                    "Sandbox.Timedout".to_owned(),
+                )),
+            };
+            if let Some((body, error_type)) = failure {
+                instance.kill();
+                instance.platform_line(format!(
+                    "INIT_REPORT Init Duration: {init_ms:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}"
+                ));
+                self.pool.init_failed(body.clone());
+                return self.finish(instance, body, None, true, Duration::ZERO).await;
+            }
+        }
+
+        instance.platform_line(format!(
+            "START RequestId: {id} Version: {}",
+            spec.version_label
+        ));
+        let timeout = spec.config.timeout();
+        let started = Instant::now();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let event = Event {
+            request_id: id.clone(),
+            payload: self.request.payload.clone(),
+            deadline_ms: now_ms() + timeout.as_millis() as i64,
+            invoked_arn: self.request.invoked_arn.clone(),
+            trace_id: self.request.trace_id.clone(),
+            client_context: self.request.client_context.clone(),
+            reply: reply_tx,
+        };
+        if instance.events.send(event).await.is_err() {
+            instance.kill();
+        }
+        let deadline = started + timeout;
+        let (body, content_type, function_error) = tokio::select! {
+            biased;
+            reply = reply_rx => match reply {
+                Ok(Reply::Response { body, content_type }) => (body, content_type, false),
+                Ok(Reply::Error { body, error_type }) => (error_or_header(body, error_type), None, true),
+                Ok(Reply::TooLarge) => (error_body(
+                    "Function.ResponseSizeTooLarge",
+                    &format!("Response payload size exceeded maximum allowed payload size ({} bytes).", rampart_model::MAX_RESPONSE_BYTES),
+                ), None, true),
+                Err(_) => (error_body(
+                    "Sandbox.Failure",
+                    &format!("RequestId: {id} Error: the runtime dropped the invocation"),
+                ), None, true),
+            },
+            info = exited(&mut status) => (exit_error(&id, &info), None, true),
+            () = tokio::time::sleep_until(deadline) => {
+                instance.kill();
+                let secs = timeout.as_secs_f64();
+                instance.platform_line(format!(
+                    "{} {id} Task timed out after {secs:.2} seconds",
+                    jiff::Timestamp::now()
+                ));
+                (error_body(
+                    "Sandbox.Timedout",
+                    &format!("RequestId: {id} Error: Task timed out after {secs:.2} seconds"),
+                ), None, true)
+            }
+        };
+        let duration = started.elapsed();
+        if let Some(reason) = self.exit_reason(&status) {
+            instance.platform_line(format!(
+                "RequestId: {id} Error: Runtime exited with error: {reason}"
+            ));
+        }
+        let mut outcome = self
+            .finish(instance, body, content_type, function_error, duration)
+            .await;
+        outcome.cold_start = cold;
+        outcome
+    }
+
+    fn exit_reason(&self, status: &watch::Receiver<Status>) -> Option<String> {
+        match &*status.borrow() {
+            Status::Exited(info) => Some(info.description.clone()),
+            _ => None,
+        }
+    }
+
+    /// Writes END and REPORT, collects the tail, and builds the outcome.
+    async fn finish(
+        &self,
+        instance: &Arc<Instance>,
+        body: Bytes,
+        content_type: Option<String>,
+        function_error: bool,
+        duration: Duration,
+    ) -> InvokeOutcome {
+        let id = &self.request.request_id;
+        let spec = &self.pool.spec;
+        instance.flush_output().await;
+        let duration_ms = ms(duration);
+        let init = instance
+            .init_duration
+            .lock()
+            .expect("init lock")
+            .filter(|_| instance.invocations.load(Ordering::Relaxed) <= 1)
+            .map(ms);
+        let billed = (duration_ms + init.unwrap_or(0.0)).ceil().max(1.0) as u64;
+        let mut report = format!(
+            "REPORT RequestId: {id}\tDuration: {duration_ms:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB\tMax Memory Used: {} MB\t",
+            spec.config.memory_mb,
+            instance.max_memory_mb()
+        );
+        if let Some(init) = init {
+            report.push_str(&format!("Init Duration: {init:.2} ms\t"));
+        }
+        instance.platform_line(format!("END RequestId: {id}"));
+        instance.platform_line(report);
+        let tail = instance
+            .shared
+            .current
+            .lock()
+            .expect("current lock")
+            .take()
+            .and_then(|c| c.tail);
+        let mut outcome = self.outcome(body, function_error, duration);
+        outcome.content_type = content_type;
+        outcome.log_tail = tail.map(|t| {
+            let mut cut = t.len().saturating_sub(crate::instance::TAIL_BYTES);
+            while !t.is_char_boundary(cut) {
+                cut += 1;
+            }
+            t[cut..].to_owned()
+        });
+        outcome
+    }
+}
+
+/// The runtime's error body, or one built from its error-type header when the body is empty.
+fn error_or_header(body: Bytes, error_type: Option<String>) -> Bytes {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let error_type = error_type.unwrap_or_else(|| "Unhandled".into());
+        return error_body(&error_type, "");
+    }
+    body
+}
+
+/// Waits until the instance's process is gone.
+///
+/// # Cancel safety
+/// Cancel safe: it only watches.
+async fn exited(status: &mut watch::Receiver<Status>) -> ExitInfo {
+    let info = match status.wait_for(|s| matches!(s, Status::Exited(_))).await {
+        Ok(s) => match &*s {
+            Status::Exited(info) => Some(info.clone()),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    match info {
+        Some(info) => info,
+        // The sender lives as long as the instance: never gone while we hold it.
+        None => std::future::pending().await,
+    }
+}
+
+fn exit_error_type(info: &ExitInfo) -> &'static str {
+    if info.oom {
+        "Runtime.OutOfMemory"
+    } else {
+        "Runtime.ExitError"
+    }
+}
+
+fn exit_error(id: &str, info: &ExitInfo) -> Bytes {
+    error_body(
+        exit_error_type(info),
+        &format!(
+            "RequestId: {id} Error: Runtime exited with error: {}",
+            info.description
+        ),
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,580 @@
+//! One instance: a runtime process, its Runtime API listener, its output readers and the task
+//! that watches it exit.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rampart_model::RuntimeFamily;
+use rustix::process::{Pid, Signal};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::sandbox::Cgroup;
+use crate::{FunctionSpec, LogRecord, Settings, api, now_ms};
+
+/// Longest line kept whole in the log; longer output is split.
+const MAX_LINE: usize = 256 * 1024;
+/// How much of an invocation's log `X-Amz-Log-Type: Tail` returns.
+pub(crate) const TAIL_BYTES: usize = 4096;
+
+/// An invocation handed to the runtime by `GET next`.
+pub(crate) struct Event {
+    pub request_id: String,
+    pub payload: Bytes,
+    pub deadline_ms: i64,
+    pub invoked_arn: String,
+    pub trace_id: String,
+    pub client_context: Option<String>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// What the runtime answered.
+pub(crate) enum Reply {
+    Response {
+        body: Bytes,
+        content_type: Option<String>,
+    },
+    Error {
+        body: Bytes,
+        error_type: Option<String>,
+    },
+    /// The response or error body exceeded the limit.
+    TooLarge,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone)]
+pub(crate) struct ExitInfo {
+    /// Go-style text as Lambda prints it: `exit status 1`, `signal: killed`.
+    pub description: String,
+    /// The kernel's OOM killer ended it.
+    pub oom: bool,
+}
+
+/// Where an instance is in its life, as the invoke path waits on it.
+#[derive(Debug, Clone)]
+pub(crate) enum Status {
+    /// Started; init not finished (no `GET next` yet).
+    Starting,
+    /// Init done: it called `GET next`.
+    Ready,
+    /// It reported `/init/error`.
+    InitFailed {
+        body: Bytes,
+        error_type: Option<String>,
+    },
+    /// The process is gone.
+    Exited(ExitInfo),
+}
+
+/// The Runtime API's view of the invocation protocol.
+pub(crate) enum Phase {
+    /// Before the first `GET next`.
+    Init,
+    /// Blocked in `GET next`.
+    Waiting,
+    /// An invocation was delivered; `reply` is taken when it is answered.
+    Busy {
+        request_id: String,
+        reply: Option<oneshot::Sender<Reply>>,
+    },
+}
+
+/// The invocation being run, for tagging output lines.
+pub(crate) struct Current {
+    pub request_id: Arc<str>,
+    /// The invocation's log text when the caller asked for a tail.
+    pub tail: Option<String>,
+}
+
+/// State shared by the instance's Runtime API, its readers and the invoke path.
+pub(crate) struct Shared {
+    pub status: watch::Sender<Status>,
+    pub events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    pub phase: Mutex<Phase>,
+    pub current: Mutex<Option<Current>>,
+}
+
+impl Shared {
+    pub(crate) fn begin(&self, request_id: String, reply: oneshot::Sender<Reply>) {
+        *self.phase.lock().expect("phase lock") = Phase::Busy {
+            request_id,
+            reply: Some(reply),
+        };
+    }
+}
+
+/// Tags and forwards output lines of one instance.
+#[derive(Clone)]
+struct LogTagger {
+    function: Arc<str>,
+    version: Arc<str>,
+    instance: Arc<str>,
+    shared: Arc<Shared>,
+    sink: mpsc::Sender<LogRecord>,
+}
+
+impl LogTagger {
+    fn emit(&self, stream: &'static str, line: String) {
+        let request_id = {
+            let mut current = self.shared.current.lock().expect("current lock");
+            current.as_mut().map(|c| {
+                if let Some(tail) = &mut c.tail {
+                    append_tail(tail, &line);
+                }
+                c.request_id.clone()
+            })
+        };
+        let record = LogRecord {
+            function: self.function.clone(),
+            version: self.version.clone(),
+            instance: self.instance.clone(),
+            request_id,
+            ts_ms: now_ms(),
+            stream,
+            line,
+        };
+        // A full sink drops the line rather than stall the function.
+        if self.sink.try_send(record).is_err() {
+            tracing::debug!("log sink full: a line was dropped");
+        }
+    }
+}
+
+/// Keeps the last [`TAIL_BYTES`] of an invocation's log (trimmed lazily, on a char boundary).
+pub(crate) fn append_tail(tail: &mut String, line: &str) {
+    tail.push_str(line);
+    tail.push('\n');
+    if tail.len() > 2 * TAIL_BYTES {
+        let mut cut = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+}
+
+/// A running instance.
+pub(crate) struct Instance {
+    pub id: Arc<str>,
+    pub shared: Arc<Shared>,
+    pub events: mpsc::Sender<Event>,
+    pub spawned_at: Instant,
+    pub last_used: Mutex<Instant>,
+    pub invocations: AtomicU64,
+    pub init_duration: Mutex<Option<Duration>>,
+    pid: Pid,
+    cgroup: Option<Arc<Cgroup>>,
+    /// Ask the monitor to SIGKILL the instance.
+    kill: CancellationToken,
+    /// Ask the monitor to SIGTERM, then SIGKILL after the grace period.
+    terminate: CancellationToken,
+    flush: Vec<mpsc::Sender<oneshot::Sender<()>>>,
+    tagger: LogTagger,
+}
+
+impl Instance {
+    /// Starts an instance of `spec`; init runs in the background (see [`Status`]).
+    ///
+    /// # Errors
+    /// A message saying why the process could not start (`Runtime.InvalidEntrypoint`).
+    pub(crate) async fn spawn(
+        id: Arc<str>,
+        spec: Arc<FunctionSpec>,
+        settings: &Settings,
+        tracker: &TaskTracker,
+        on_exit: Box<dyn FnOnce() + Send>,
+    ) -> Result<Arc<Self>, String> {
+        let (program, args) = settings
+            .launcher
+            .command(spec.config.runtime.family(), &spec.task_root)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("binding the Runtime API listener: {e}"))?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|e| format!("reading the Runtime API address: {e}"))?;
+        let tmp_dir = settings.data_dir.join("tmp").join(&*id);
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(|e| format!("creating the instance's temp dir: {e}"))?;
+
+        let (events_tx, events_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            status: watch::channel(Status::Starting).0,
+            events: tokio::sync::Mutex::new(events_rx),
+            phase: Mutex::new(Phase::Init),
+            current: Mutex::new(None),
+        });
+        let cgroup = settings
+            .sandbox
+            .create(&format!("i-{id}"), spec.config.memory_mb)
+            .map(Arc::new);
+
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&args)
+            .env_clear()
+            .envs(environment(&spec, settings, &id, &api_addr.to_string(), &tmp_dir))
+            .current_dir(&spec.task_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let rlimit = cgroup.is_none() && spec.config.runtime.family() != RuntimeFamily::Node;
+        crate::spawn::prepare(
+            &mut command,
+            cgroup.as_ref().map(|c| c.procs.clone()),
+            rlimit.then_some(u64::from(spec.config.memory_mb) * 1024 * 1024),
+        );
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(c) = &cgroup {
+                    c.remove();
+                }
+                let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
+                return Err(format!("fork/exec {}: {e}", program.display()));
+            }
+        };
+        let pid = child
+            .id()
+            .and_then(|p| Pid::from_raw(p as i32))
+            .ok_or("the runtime process exited at once")?;
+
+        let kill = CancellationToken::new();
+        let terminate = CancellationToken::new();
+        let server_stop = CancellationToken::new();
+        let tagger = LogTagger {
+            function: spec.name.clone(),
+            version: spec.version_label.clone(),
+            instance: id.clone(),
+            shared: shared.clone(),
+            sink: settings.log_sink.clone(),
+        };
+
+        // Runtime API.
+        let router = api::router(shared.clone());
+        let stop = server_stop.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "instance Runtime API failed");
+            }
+        });
+
+        // Output readers.
+        let mut flush = Vec::new();
+        let mut readers = Vec::new();
+        let pipes: [(&'static str, Option<OwnedFd>); 2] = [
+            (
+                "stdout",
+                child.stdout.take().and_then(|p| p.into_owned_fd().ok()),
+            ),
+            (
+                "stderr",
+                child.stderr.take().and_then(|p| p.into_owned_fd().ok()),
+            ),
+        ];
+        for (stream, fd) in pipes {
+            let Some(receiver) = fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()) else {
+                continue;
+            };
+            let (flush_tx, flush_rx) = mpsc::channel(4);
+            flush.push(flush_tx);
+            readers.push(tracker.spawn(read_lines(receiver, stream, tagger.clone(), flush_rx)));
+        }
+
+        // Monitor: waits for the exit, or kills on request; then cleans up.
+        let monitor_shared = shared.clone();
+        let monitor_cgroup = cgroup.clone();
+        let (k, t) = (kill.clone(), terminate.clone());
+        let grace = settings.kill_grace;
+        tracker.spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = k.cancelled() => {
+                    kill_tree(pid, monitor_cgroup.as_deref());
+                    child.wait().await
+                }
+                () = t.cancelled() => {
+                    let _ = rustix::process::kill_process_group(pid, Signal::TERM);
+                    match tokio::time::timeout(grace, child.wait()).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            kill_tree(pid, monitor_cgroup.as_deref());
+                            child.wait().await
+                        }
+                    }
+                }
+            };
+            // Whatever the main process did, nothing of the instance may outlive it.
+            kill_tree(pid, monitor_cgroup.as_deref());
+            let oom = monitor_cgroup.as_ref().is_some_and(|c| c.oom_killed());
+            let description = match status {
+                Ok(s) => describe_exit(s),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            monitor_shared.status.send_replace(Status::Exited(ExitInfo { description, oom }));
+            for reader in readers {
+                let _ = reader.await;
+            }
+            server_stop.cancel();
+            if let Some(c) = monitor_cgroup {
+                c.remove();
+            }
+            let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
+            on_exit();
+        });
+
+        Ok(Arc::new(Self {
+            id,
+            shared,
+            events: events_tx,
+            spawned_at: Instant::now(),
+            last_used: Mutex::new(Instant::now()),
+            invocations: AtomicU64::new(0),
+            init_duration: Mutex::new(None),
+            pid,
+            cgroup,
+            kill,
+            terminate,
+            flush,
+            tagger,
+        }))
+    }
+
+    /// Ends the instance at once (SIGKILL to its process group and cgroup).
+    pub(crate) fn kill(&self) {
+        self.kill.cancel();
+    }
+
+    /// Ends the instance gracefully: SIGTERM, then SIGKILL after the grace period.
+    pub(crate) fn terminate(&self) {
+        self.terminate.cancel();
+    }
+
+    /// Whether the process still runs and can take an invocation.
+    pub(crate) fn is_healthy(&self) -> bool {
+        !self.kill.is_cancelled()
+            && !self.terminate.is_cancelled()
+            && matches!(*self.shared.status.borrow(), Status::Ready)
+    }
+
+    /// Writes a platform line (START, END, REPORT...) into the instance's log.
+    pub(crate) fn platform_line(&self, line: String) {
+        self.tagger.emit("platform", line);
+    }
+
+    /// Waits (bounded) until the readers have taken every byte the process wrote so far, so
+    /// lines printed before the response are attributed to its invocation.
+    pub(crate) async fn flush_output(&self) {
+        let mut acks = Vec::with_capacity(self.flush.len());
+        for f in &self.flush {
+            let (tx, rx) = oneshot::channel();
+            if f.try_send(tx).is_ok() {
+                acks.push(rx);
+            }
+        }
+        for ack in acks {
+            let _ = tokio::time::timeout(Duration::from_millis(100), ack).await;
+        }
+    }
+
+    /// Peak memory of the instance in MB, from its cgroup or else the process's high-water mark.
+    pub(crate) fn max_memory_mb(&self) -> u64 {
+        // procfs and cgroupfs reads are served from kernel memory and never wait on a disk.
+        let bytes = self.cgroup.as_ref().and_then(|c| c.peak_bytes()).or_else(|| {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", self.pid.as_raw_nonzero()))
+                    .ok()?;
+            let kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+            Some(kb * 1024)
+        });
+        bytes.map_or(0, |b| b.div_ceil(1024 * 1024))
+    }
+
+    pub(crate) fn cold(&self) -> bool {
+        self.invocations.load(Ordering::Relaxed) == 0
+    }
+}
+
+fn kill_tree(pid: Pid, cgroup: Option<&Cgroup>) {
+    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    if let Some(c) = cgroup {
+        c.kill_all();
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    let signal = status.signal().unwrap_or(0);
+    let name = match signal {
+        1 => "hangup",
+        2 => "interrupt",
+        3 => "quit",
+        4 => "illegal instruction",
+        6 => "aborted",
+        7 => "bus error",
+        8 => "floating point exception",
+        9 => "killed",
+        11 => "segmentation fault",
+        13 => "broken pipe",
+        15 => "terminated",
+        _ => return format!("signal: {signal}"),
+    };
+    format!("signal: {name}")
+}
+
+/// The environment of an instance: Lambda's variables and the function's own, nothing of the
+/// server's (runtime-api.md §2).
+fn environment(
+    spec: &FunctionSpec,
+    settings: &Settings,
+    id: &str,
+    api_addr: &str,
+    tmp_dir: &std::path::Path,
+) -> Vec<(String, String)> {
+    let config = &spec.config;
+    let date = jiff::Timestamp::now().strftime("%Y/%m/%d");
+    let mut path: Vec<String> = settings
+        .launcher
+        .path_dirs()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    path.extend(["/usr/local/bin", "/usr/bin", "/bin", "/opt/bin"].map(String::from));
+    let task_root = spec.task_root.display().to_string();
+    let runtime_dir = settings.launcher.runtime_dir.display().to_string();
+    let mut env: Vec<(String, String)> = config
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
+    set("AWS_LAMBDA_RUNTIME_API", api_addr.to_owned());
+    set("_HANDLER", config.handler.clone());
+    set("LAMBDA_TASK_ROOT", task_root.clone());
+    set("LAMBDA_RUNTIME_DIR", runtime_dir.clone());
+    set("AWS_LAMBDA_FUNCTION_NAME", spec.name.to_string());
+    set("AWS_LAMBDA_FUNCTION_VERSION", spec.version_label.to_string());
+    set("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", config.memory_mb.to_string());
+    set("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", spec.name));
+    set(
+        "AWS_LAMBDA_LOG_STREAM_NAME",
+        format!("{date}/[{}]{id}", spec.version_label),
+    );
+    set("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into());
+    set("AWS_REGION", settings.region.clone());
+    set("AWS_DEFAULT_REGION", settings.region.clone());
+    // Local credentials: Rampart does not verify signatures yet; SDKs need some to sign.
+    set("AWS_ACCESS_KEY_ID", "rampart".into());
+    set("AWS_SECRET_ACCESS_KEY", "rampart".into());
+    set("AWS_SESSION_TOKEN", "rampart".into());
+    set("TZ", ":UTC".into());
+    set("LANG", "en_US.UTF-8".into());
+    set("PATH", path.join(":"));
+    set(
+        "LD_LIBRARY_PATH",
+        format!("/lib64:/usr/lib64:{runtime_dir}:{runtime_dir}/lib:{task_root}:{task_root}/lib:/opt/lib"),
+    );
+    set("TMPDIR", tmp_dir.display().to_string());
+    match config.runtime.family() {
+        RuntimeFamily::Python => {
+            set("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", config.runtime));
+            set("PYTHONUNBUFFERED", "1".into());
+        }
+        RuntimeFamily::Node => {
+            set("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", config.runtime));
+            set("NODE_PATH", format!("/opt/nodejs/node_modules:{task_root}/node_modules"));
+        }
+        RuntimeFamily::Provided => {}
+    }
+    env
+}
+
+/// Reads one output pipe line by line until EOF; on a flush request, first drains whatever the
+/// pipe holds right now.
+async fn read_lines(
+    receiver: pipe::Receiver,
+    stream: &'static str,
+    tagger: LogTagger,
+    mut flush: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let mut pending = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let ack = tokio::select! {
+            ready = receiver.readable() => {
+                if ready.is_err() {
+                    break;
+                }
+                None
+            }
+            Some(ack) = flush.recv() => Some(ack),
+        };
+        let eof = drain(&receiver, &mut chunk, &mut pending, stream, &tagger);
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+        if eof {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        tagger.emit(stream, String::from_utf8_lossy(&pending).into_owned());
+    }
+}
+
+/// Reads what the pipe holds without waiting; emits complete lines. Returns true at EOF.
+fn drain(
+    receiver: &pipe::Receiver,
+    chunk: &mut [u8],
+    pending: &mut Vec<u8>,
+    stream: &'static str,
+    tagger: &LogTagger,
+) -> bool {
+    loop {
+        match receiver.try_read(chunk) {
+            Ok(0) => return true,
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                let mut start = 0;
+                while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
+                    let line = &pending[start..start + pos];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    tagger.emit(stream, String::from_utf8_lossy(line).into_owned());
+                    start += pos + 1;
+                }
+                pending.drain(..start);
+                if pending.len() > MAX_LINE {
+                    tagger.emit(stream, String::from_utf8_lossy(pending).into_owned());
+                    pending.clear();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
