@@ -25,9 +25,8 @@ use crate::invoke::resolve;
 use crate::{ApiError, Gateway};
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid_content(format!("could not parse the request body: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_content(format!("could not parse the request body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -204,9 +203,14 @@ pub(crate) async fn create_function(
     input.config.apply(&mut config)?;
     // Refuse a taken name before unpacking a large bundle.
     if gateway.registry.latest(name.as_str()).is_some() {
-        return Err(ApiError::conflict(format!("Function already exist: {name}")));
+        return Err(ApiError::conflict(format!(
+            "Function already exist: {name}"
+        )));
     }
-    let bundle = gateway.registry.install_code(decode_zip(input.code)?).await?;
+    let bundle = gateway
+        .registry
+        .install_code(decode_zip(input.code)?)
+        .await?;
     let deployed = gateway.registry.create(&name, config, &bundle).await?;
     let body = configuration(
         &gateway,
@@ -291,8 +295,8 @@ pub(crate) async fn get_function(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let config = configuration_of(&gateway, &name, query.get("Qualifier").map(String::as_str))
-        .await?;
+    let config =
+        configuration_of(&gateway, &name, query.get("Qualifier").map(String::as_str)).await?;
     let sha = config["CodeSha256"].clone();
     let mut body = json!({
         "Configuration": config,
@@ -317,8 +321,8 @@ pub(crate) async fn get_function_configuration(
 
 /// The function a control call on `$LATEST` names (qualified names are refused).
 fn unqualified(gateway: &Gateway, raw: &str) -> Result<FunctionName, ApiError> {
-    let function = rampart_model::FunctionRef::parse(raw)
-        .map_err(|e| ApiError::validation(e.message))?;
+    let function =
+        rampart_model::FunctionRef::parse(raw).map_err(|e| ApiError::validation(e.message))?;
     if function
         .qualifier
         .as_ref()

@@ -134,9 +134,7 @@ impl From<rampart_store::Error> for ApiError {
         use rampart_store::Error as E;
         match e {
             E::InvalidBundle(m) => Self::invalid_parameter(m),
-            E::FunctionExists { name } => {
-                Self::conflict(format!("Function already exist: {name}"))
-            }
+            E::FunctionExists { name } => Self::conflict(format!("Function already exist: {name}")),
             E::FunctionNotFound { name } => Self::not_found(format!("Function not found: {name}")),
             E::RevisionMismatch { .. } => Self::precondition_failed(format!(
                 "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id ({e})"

@@ -162,7 +162,10 @@ pub(crate) async fn invoke(
         HeaderValue::from_str(&outcome.executed_version).expect("version labels are ASCII"),
     );
     if outcome.function_error {
-        h.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+        h.insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
     }
     if let Some(tail) = outcome.log_tail {
         let encoded = BASE64.encode(tail.as_bytes());

@@ -113,7 +113,11 @@ impl Registry {
 
     /// The newest version of a function.
     pub fn latest(&self, name: &str) -> Option<Arc<Deployed>> {
-        self.latest.read().expect("registry lock").get(name).cloned()
+        self.latest
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
     }
 
     /// A numbered version of a function.

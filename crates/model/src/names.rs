@@ -159,13 +159,11 @@ impl FunctionRef {
             _ => return Err(invalid()),
         };
         Ok(Self {
-            name: FunctionName::parse(name).map_err(|e| {
-                if name.len() > 64 {
-                    e
-                } else {
-                    invalid()
-                }
-            })?,
+            name: FunctionName::parse(name).map_err(
+                |e| {
+                    if name.len() > 64 { e } else { invalid() }
+                },
+            )?,
             qualifier,
             region,
         })
@@ -207,7 +205,10 @@ mod tests {
         let r = FunctionRef::parse("f:$LATEST").unwrap();
         assert_eq!(r.qualifier, Some(Qualifier::Latest));
         let r = FunctionRef::parse("123456789012:function:f:3").unwrap();
-        assert_eq!((r.name.as_str(), r.qualifier), ("f", Some(Qualifier::Version(3))));
+        assert_eq!(
+            (r.name.as_str(), r.qualifier),
+            ("f", Some(Qualifier::Version(3)))
+        );
         let r = FunctionRef::parse("arn:aws:lambda:us-east-1:000000000000:function:f").unwrap();
         assert_eq!(r.region.as_deref(), Some("us-east-1"));
         assert!(FunctionRef::parse("arn:aws:s3:::bucket").is_err());

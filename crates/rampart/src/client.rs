@@ -78,11 +78,15 @@ impl Client {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response.bytes().await.with_context(|| format!("{what}: reading the answer"))?;
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: reading the answer"))?;
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         if !status.is_success() {
             let message = body
@@ -108,9 +112,14 @@ impl Client {
     /// CreateFunction.
     pub async fn create_function(&self, mut config: Value, zip: &[u8]) -> Result<Value> {
         config["Code"] = json!({"ZipFile": BASE64.encode(zip)});
-        let name = config["FunctionName"].as_str().unwrap_or_default().to_owned();
+        let name = config["FunctionName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         self.call(
-            self.http.post(self.url("/2015-03-31/functions")).json(&config),
+            self.http
+                .post(self.url("/2015-03-31/functions"))
+                .json(&config),
             &format!("creating function {name}"),
         )
         .await
@@ -131,7 +140,10 @@ impl Client {
     pub async fn update_configuration(&self, name: &str, config: &Value) -> Result<Value> {
         self.call(
             self.http
-                .put(self.url(&format!("/2015-03-31/functions/{}/configuration", escape(name))))
+                .put(self.url(&format!(
+                    "/2015-03-31/functions/{}/configuration",
+                    escape(name)
+                )))
                 .json(config),
             &format!("updating the configuration of {name}"),
         )
@@ -142,13 +154,19 @@ impl Client {
     pub async fn get_function(&self, name: &str) -> Result<Option<Value>> {
         let result = self
             .call(
-                self.http.get(self.url(&format!("/2015-03-31/functions/{}", escape(name)))),
+                self.http
+                    .get(self.url(&format!("/2015-03-31/functions/{}", escape(name)))),
                 &format!("reading function {name}"),
             )
             .await;
         match result {
             Ok(v) => Ok(Some(v)),
-            Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == 404) => Ok(None),
+            Err(e)
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 404) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -176,7 +194,8 @@ impl Client {
     /// DeleteFunction.
     pub async fn delete_function(&self, name: &str) -> Result<()> {
         self.call(
-            self.http.delete(self.url(&format!("/2015-03-31/functions/{}", escape(name)))),
+            self.http
+                .delete(self.url(&format!("/2015-03-31/functions/{}", escape(name)))),
             &format!("deleting function {name}"),
         )
         .await
@@ -186,7 +205,8 @@ impl Client {
     /// Instance counts of a function.
     pub async fn stats(&self, name: &str) -> Result<Value> {
         self.call(
-            self.http.get(self.url(&format!("/rampart/v1/functions/{}/stats", escape(name)))),
+            self.http
+                .get(self.url(&format!("/rampart/v1/functions/{}/stats", escape(name)))),
             &format!("reading the stats of {name}"),
         )
         .await
@@ -215,7 +235,10 @@ impl Client {
     ) -> Result<Invocation> {
         let mut request = self
             .http
-            .post(self.url(&format!("/2015-03-31/functions/{}/invocations", escape(name))))
+            .post(self.url(&format!(
+                "/2015-03-31/functions/{}/invocations",
+                escape(name)
+            )))
             .body(payload);
         if let Some(q) = qualifier {
             request = request.query(&[("Qualifier", q)]);
@@ -223,10 +246,12 @@ impl Client {
         if tail {
             request = request.header("X-Amz-Log-Type", "Tail");
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("invoking {name}: could not reach the server at {}", self.base))?;
+        let response = request.send().await.with_context(|| {
+            format!(
+                "invoking {name}: could not reach the server at {}",
+                self.base
+            )
+        })?;
         let header = |n: &str| {
             response
                 .headers()
@@ -241,11 +266,23 @@ impl Client {
         let log_tail = header("x-amz-log-result")
             .and_then(|t| BASE64.decode(t).ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let body = response.bytes().await.context("reading the invocation result")?.to_vec();
+        let body = response
+            .bytes()
+            .await
+            .context("reading the invocation result")?
+            .to_vec();
         if let Some(code) = code {
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let message = v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str).unwrap_or_default();
-            bail!(ApiFailure { status, code, message: message.to_owned() });
+            let message = v
+                .get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            bail!(ApiFailure {
+                status,
+                code,
+                message: message.to_owned()
+            });
         }
         Ok(Invocation {
             function_error,

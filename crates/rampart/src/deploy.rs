@@ -78,7 +78,11 @@ fn configuration(function: &ProjectFunction) -> Value {
     })
 }
 
-async fn deploy_one(client: &Client, function: &ProjectFunction, zip: &[u8]) -> Result<&'static str> {
+async fn deploy_one(
+    client: &Client,
+    function: &ProjectFunction,
+    zip: &[u8],
+) -> Result<&'static str> {
     let name = function.name.as_str();
     let wanted = configuration(function);
     let Some(current) = client.get_function(name).await? else {
@@ -136,7 +140,8 @@ pub fn package(dir: &Path, bootstrap: Option<&Path>) -> Result<Vec<u8>> {
         zip.write_all(&bytes).context("writing the zip")?;
     }
     if let Some(bootstrap) = bootstrap {
-        let bytes = std::fs::read(bootstrap).with_context(|| format!("reading bootstrap {}", bootstrap.display()))?;
+        let bytes = std::fs::read(bootstrap)
+            .with_context(|| format!("reading bootstrap {}", bootstrap.display()))?;
         zip.start_file("bootstrap", options.unix_permissions(0o755))
             .context("writing the zip")?;
         zip.write_all(&bytes).context("writing the zip")?;
@@ -153,10 +158,16 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
             .expect("walked paths are under the root")
             .to_string_lossy()
             .into_owned();
-        if SKIPPED.iter().any(|s| rel == *s || rel.ends_with(&format!("/{s}"))) || rel.ends_with(".pyc") {
+        if SKIPPED
+            .iter()
+            .any(|s| rel == *s || rel.ends_with(&format!("/{s}")))
+            || rel.ends_with(".pyc")
+        {
             continue;
         }
-        let kind = entry.file_type().with_context(|| format!("reading {}", path.display()))?;
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("reading {}", path.display()))?;
         if kind.is_dir() {
             collect(root, &path, out)?;
         } else if kind.is_file() || kind.is_symlink() {

@@ -19,7 +19,11 @@ use crate::client::Client;
 use crate::manifest::{Manifest, parse_duration};
 
 #[derive(Parser)]
-#[command(name = "rampart", version, about = "Run AWS Lambda functions on your own machines")]
+#[command(
+    name = "rampart",
+    version,
+    about = "Run AWS Lambda functions on your own machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +32,11 @@ struct Cli {
 #[derive(Args, Clone)]
 struct EndpointArgs {
     /// The server to talk to.
-    #[arg(long, env = "RAMPART_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "RAMPART_ENDPOINT",
+        default_value = "http://127.0.0.1:9000"
+    )]
     endpoint: String,
 }
 
@@ -60,7 +68,9 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    #[command(after_help = "Example:\n  rampart serve --listen 127.0.0.1:9000 --data-dir /var/lib/rampart")]
+    #[command(
+        after_help = "Example:\n  rampart serve --listen 127.0.0.1:9000 --data-dir /var/lib/rampart"
+    )]
     Serve(ServeArgs),
     /// Run the server in the foreground with the project in DIR deployed (the quickstart).
     #[command(after_help = "Example:\n  rampart up examples/counter")]
@@ -71,7 +81,9 @@ enum Command {
         serve: ServeArgs,
     },
     /// Deploy the functions of the project in DIR to a running server.
-    #[command(after_help = "Example:\n  rampart deploy examples/counter --endpoint http://127.0.0.1:9000")]
+    #[command(
+        after_help = "Example:\n  rampart deploy examples/counter --endpoint http://127.0.0.1:9000"
+    )]
     Deploy {
         /// Project directory holding rampart.toml.
         dir: PathBuf,
@@ -79,7 +91,9 @@ enum Command {
         endpoint: EndpointArgs,
     },
     /// Invoke a function synchronously and print its result.
-    #[command(after_help = "Examples:\n  rampart invoke counter --payload '{\"counter\": 1, \"operation\": \"increment\"}'\n  rampart invoke counter:3 --payload @event.json --tail")]
+    #[command(
+        after_help = "Examples:\n  rampart invoke counter --payload '{\"counter\": 1, \"operation\": \"increment\"}'\n  rampart invoke counter:3 --payload @event.json --tail"
+    )]
     Invoke {
         /// FUNCTION or FUNCTION:QUALIFIER ($LATEST or a version number).
         function: String,
@@ -93,10 +107,15 @@ enum Command {
         endpoint: EndpointArgs,
     },
     /// List, show or delete functions.
-    #[command(subcommand, after_help = "Examples:\n  rampart functions list\n  rampart functions show counter\n  rampart functions delete counter")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  rampart functions list\n  rampart functions show counter\n  rampart functions delete counter"
+    )]
     Functions(FunctionsCommand),
     /// Print a function's logs.
-    #[command(after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c...")]
+    #[command(
+        after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c..."
+    )]
     Logs {
         /// The function.
         function: String,
@@ -149,7 +168,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -242,7 +264,9 @@ fn print_quickstart(addr: SocketAddr, deployed: &[deploy::Deployed]) {
         println!("\nInvoke it with the CLI:");
         println!("  rampart invoke {name} --endpoint http://{addr} --payload '{event}'");
         println!("with curl:");
-        println!("  curl -s -X POST http://{addr}/2015-03-31/functions/{name}/invocations -d '{event}'");
+        println!(
+            "  curl -s -X POST http://{addr}/2015-03-31/functions/{name}/invocations -d '{event}'"
+        );
         println!("with boto3:");
         println!(
             "  python3 -c \"import boto3, json; c = boto3.client('lambda', endpoint_url='http://{addr}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x'); print(c.invoke(FunctionName='{name}', Payload=json.dumps({{'counter': 1, 'operation': 'increment'}}))['Payload'].read())\""
@@ -285,7 +309,10 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
         FunctionsCommand::List { endpoint } => {
             let client = Client::new(&endpoint.endpoint)?;
             let functions = client.list_functions().await?;
-            println!("{:<32} {:<16} {:>7} {:>8}  LAST MODIFIED", "NAME", "RUNTIME", "MEMORY", "TIMEOUT");
+            println!(
+                "{:<32} {:<16} {:>7} {:>8}  LAST MODIFIED",
+                "NAME", "RUNTIME", "MEMORY", "TIMEOUT"
+            );
             for f in functions {
                 println!(
                     "{:<32} {:<16} {:>7} {:>7}s  {}",
@@ -303,7 +330,10 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
                 bail!("function {function} does not exist");
             };
             f["Instances"] = client.stats(&function).await?;
-            println!("{}", serde_json::to_string_pretty(&f).context("printing the function")?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&f).context("printing the function")?
+            );
         }
         FunctionsCommand::Delete { function, endpoint } => {
             let client = Client::new(&endpoint.endpoint)?;

@@ -98,7 +98,8 @@ impl Manifest {
 
     fn parse(dir: &Path, path: &Path, text: &str) -> Result<Self> {
         let file = path.display();
-        let raw: ManifestFile = toml::from_str(text).with_context(|| format!("{file}: invalid manifest"))?;
+        let raw: ManifestFile =
+            toml::from_str(text).with_context(|| format!("{file}: invalid manifest"))?;
         if raw.function.is_empty() {
             bail!("{file}: no [[function]] is declared");
         }
@@ -108,12 +109,12 @@ impl Manifest {
                 .get("name")
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("#{}", i + 1), |n| format!("'{n}'"));
-            let entry: FunctionEntry = value
-                .try_into()
-                .map_err(|e: toml::de::Error| anyhow::anyhow!("{file}: function {label}: {}", e.message()))?;
-            let function = entry
-                .validate(dir)
-                .map_err(|(field, message)| anyhow::anyhow!("{file}: function {label}: field '{field}': {message}"))?;
+            let entry: FunctionEntry = value.try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!("{file}: function {label}: {}", e.message())
+            })?;
+            let function = entry.validate(dir).map_err(|(field, message)| {
+                anyhow::anyhow!("{file}: function {label}: field '{field}': {message}")
+            })?;
             if functions.iter().any(|f| f.name == function.name) {
                 bail!("{file}: function {label}: field 'name': declared twice");
             }
@@ -129,12 +130,21 @@ impl Manifest {
 impl FunctionEntry {
     fn validate(self, dir: &Path) -> Result<ProjectFunction, (&'static str, String)> {
         let name = FunctionName::parse(&self.name).map_err(|e| ("name", e.message))?;
-        let runtime: Runtime = self.runtime.parse().map_err(|e: rampart_model::ValidationError| ("runtime", e.message))?;
+        let runtime: Runtime = self
+            .runtime
+            .parse()
+            .map_err(|e: rampart_model::ValidationError| ("runtime", e.message))?;
         let handler = match (self.handler, runtime.family()) {
             (Some(h), _) => h,
             // Custom runtimes ignore the handler; Lambda still wants one.
             (None, rampart_model::RuntimeFamily::Provided) => "bootstrap".to_owned(),
-            (None, _) => return Err(("handler", "is required for this runtime (for example lambda_function.lambda_handler)".into())),
+            (None, _) => {
+                return Err((
+                    "handler",
+                    "is required for this runtime (for example lambda_function.lambda_handler)"
+                        .into(),
+                ));
+            }
         };
         let mut config = FunctionConfig::new(runtime, handler);
         if let Some(t) = self.timeout {
@@ -155,7 +165,9 @@ impl FunctionEntry {
             let d = parse_duration(&idle).map_err(|e| ("idle_timeout", e))?;
             config.idle_timeout_secs = d.as_secs().max(1);
         }
-        config.validate().map_err(|e| (manifest_field(e.field), e.message))?;
+        config
+            .validate()
+            .map_err(|e| (manifest_field(e.field), e.message))?;
         let code_dir = dir.join(&self.code);
         if !code_dir.is_dir() {
             return Err(("code", format!("{} is not a directory", code_dir.display())));
@@ -236,23 +248,38 @@ GREETING = "hi"
 
     #[test]
     fn errors_name_file_function_and_field() {
-        let err = parse(&GOOD.replace("timeout = 10", "timeout = 901")).unwrap_err().to_string();
-        assert!(err.contains("rampart.toml") && err.contains("'counter'") && err.contains("'timeout'"), "{err}");
-        let err = parse(&GOOD.replace("timeout = 10", "timout = 10")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("timeout = 10", "timeout = 901")).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("rampart.toml") && err.contains("'counter'") && err.contains("'timeout'"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("timeout = 10", "timout = 10")).unwrap_err();
+        let err = format!("{err:#}");
         assert!(err.contains("'counter'") && err.contains("timout"), "{err}");
-        let err = parse(&GOOD.replace("python3.12", "cobol")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("python3.12", "cobol")).unwrap_err();
+        let err = format!("{err:#}");
         assert!(err.contains("'runtime'"), "{err}");
-        let err = parse(&GOOD.replace("\"2m\"", "\"soon\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("\"2m\"", "\"soon\"")).unwrap_err();
+        let err = format!("{err:#}");
         assert!(err.contains("'idle_timeout'"), "{err}");
-        let err = parse(&GOOD.replace("code = \"src\"", "code = \"nope\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("code = \"src\"", "code = \"nope\"")).unwrap_err();
+        let err = format!("{err:#}");
         assert!(err.contains("'code'"), "{err}");
-        let err = parse(&GOOD.replace("name = \"counter\"", "name = \"bad name\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("name = \"counter\"", "name = \"bad name\"")).unwrap_err();
+        let err = format!("{err:#}");
         assert!(err.contains("'name'"), "{err}");
-        let err = parse("[[function]]\nname = \"x\"\n").unwrap_err().to_string();
-        assert!(err.contains("function 'x'") && err.contains("runtime"), "{err}");
-        let err = parse("stray = 1\n").unwrap_err().to_string();
+        let err = parse("[[function]]\nname = \"x\"\n").unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("function 'x'") && err.contains("runtime"),
+            "{err}"
+        );
+        let err = parse("stray = 1\n").unwrap_err();
+        let err = format!("{err:#}");
         assert!(err.contains("stray"), "{err}");
-        let twice = format!("{GOOD}{GOOD}").replace("[function.environment]\nGREETING = \"hi\"\n", "");
-        assert!(parse(&twice).unwrap_err().to_string().contains("twice"));
+        let twice =
+            format!("{GOOD}{GOOD}").replace("[function.environment]\nGREETING = \"hi\"\n", "");
+        assert!(format!("{:#}", parse(&twice).unwrap_err()).contains("twice"));
     }
 }

@@ -93,7 +93,12 @@ pub async fn start(options: Options) -> Result<Running> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let logs_done = CancellationToken::new();
-    tasks.spawn(write_logs(store.clone(), log_rx, options.clone(), logs_done.clone()));
+    tasks.spawn(write_logs(
+        store.clone(),
+        log_rx,
+        options.clone(),
+        logs_done.clone(),
+    ));
     tasks.spawn(dispatcher.clone().run_maintenance(shutdown.child_token()));
 
     let http_stop = CancellationToken::new();
@@ -214,4 +219,3 @@ pub fn ready_line(addr: SocketAddr, data_dir: &std::path::Path) -> String {
     })
     .to_string()
 }
-

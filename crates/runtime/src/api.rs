@@ -23,7 +23,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             &format!("{BASE}/runtime/invocation/{{id}}/response"),
             post(response),
         )
-        .route(&format!("{BASE}/runtime/invocation/{{id}}/error"), post(error))
+        .route(
+            &format!("{BASE}/runtime/invocation/{{id}}/error"),
+            post(error),
+        )
         .route(&format!("{BASE}/runtime/init/error"), post(init_error))
         .route(&format!("{BASE}/ping"), get(|| async { "pong" }))
         .fallback(|| async {
@@ -36,16 +39,37 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn api_error(status: StatusCode, error_type: &str, message: &str) -> Response {
-    let body = serde_json::json!({"errorType": error_type, "errorMessage": message});
-    (status, axum::Json(body)).into_response()
+/// A Runtime API error: `{"errorType", "errorMessage"}` with its status (runtime-api.md §3.3).
+struct RapiError {
+    status: StatusCode,
+    error_type: &'static str,
+    message: String,
+}
+
+impl IntoResponse for RapiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"errorType": self.error_type, "errorMessage": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn api_error(status: StatusCode, error_type: &'static str, message: &str) -> RapiError {
+    RapiError {
+        status,
+        error_type,
+        message: message.to_owned(),
+    }
 }
 
 fn accepted() -> Response {
-    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
 }
 
-fn invalid_state(message: &str) -> Response {
+fn invalid_state(message: &str) -> RapiError {
     api_error(StatusCode::FORBIDDEN, "InvalidStateTransition", message)
 }
 
@@ -53,7 +77,8 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     {
         let mut phase = shared.phase.lock().expect("phase lock");
         if matches!(&*phase, Phase::Busy { reply: Some(_), .. }) {
-            return invalid_state("an invocation is outstanding: post its response or error first");
+            return invalid_state("an invocation is outstanding: post its response or error first")
+                .into_response();
         }
         *phase = Phase::Waiting;
     }
@@ -73,7 +98,8 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalServerError",
             "the instance is shutting down",
-        );
+        )
+        .into_response();
     };
     let mut response = Response::new(Body::from(event.payload));
     let headers = response.headers_mut();
@@ -95,7 +121,7 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Reads a response or error body, refusing one over the limit.
-async fn read_body(body: Body) -> Result<Bytes, Response> {
+async fn read_body(body: Body) -> Result<Bytes, RapiError> {
     axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
         .await
         .map_err(|_| {
@@ -108,10 +134,7 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
 }
 
 /// Checks `id` against the outstanding invocation; on success takes its reply channel.
-fn take_reply(
-    shared: &Shared,
-    id: &str,
-) -> Result<tokio::sync::oneshot::Sender<Reply>, Response> {
+fn take_reply(shared: &Shared, id: &str) -> Result<tokio::sync::oneshot::Sender<Reply>, RapiError> {
     let mut phase = shared.phase.lock().expect("phase lock");
     match &mut *phase {
         Phase::Busy { request_id, reply } if request_id == id => reply
@@ -139,11 +162,12 @@ async fn response(
             StatusCode::BAD_REQUEST,
             "InvalidFunctionResponseMode",
             "Lambda-Runtime-Function-Response-Mode must be 'streaming' when present",
-        );
+        )
+        .into_response();
     }
     let reply = match take_reply(&shared, &id) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     match read_body(body).await {
         Ok(body) => {
@@ -154,9 +178,9 @@ async fn response(
             let _ = reply.send(Reply::Response { body, content_type });
             accepted()
         }
-        Err(resp) => {
+        Err(e) => {
             let _ = reply.send(Reply::TooLarge);
-            resp
+            e.into_response()
         }
     }
 }
@@ -169,7 +193,7 @@ async fn error(
 ) -> Response {
     let reply = match take_reply(&shared, &id) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     match read_body(body).await {
         Ok(body) => {
@@ -179,9 +203,9 @@ async fn error(
             });
             accepted()
         }
-        Err(resp) => {
+        Err(e) => {
             let _ = reply.send(Reply::TooLarge);
-            resp
+            e.into_response()
         }
     }
 }
@@ -193,17 +217,13 @@ fn error_type(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn init_error(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     if !matches!(*shared.phase.lock().expect("phase lock"), Phase::Init) {
-        return invalid_state("init already finished");
+        return invalid_state("init already finished").into_response();
     }
     let body = match read_body(body).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let error_type = error_type(&headers);
     shared.status.send_if_modified(|s| {

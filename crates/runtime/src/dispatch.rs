@@ -53,11 +53,14 @@ struct Inner {
     draining: AtomicBool,
 }
 
+/// A pool's key: the version label (`$LATEST` or the number) and the version it runs.
+type PoolKey = (Arc<str>, u64);
+
 /// All pools of one function, sharing its concurrency limit.
 struct FunctionPools {
     limit: u32,
     permits: Arc<Semaphore>,
-    pools: Mutex<HashMap<(Arc<str>, u64), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
 /// Instances of one version of a function, under one label.
@@ -173,9 +176,8 @@ impl Dispatcher {
                     let mut idle = pool.idle.lock().expect("idle lock");
                     // Oldest first; keep min_instances alive.
                     while let Some(oldest) = idle.first() {
-                        let expired = *oldest.last_used.lock().expect("last used lock")
-                            + idle_timeout
-                            <= now;
+                        let expired =
+                            *oldest.last_used.lock().expect("last used lock") + idle_timeout <= now;
                         let retired = pool.retired.load(Ordering::Relaxed);
                         if !(retired || (expired && live > min)) {
                             break;
@@ -319,7 +321,13 @@ impl Dispatcher {
     /// Stops reusing every instance of a function (after an update or delete): idle ones end
     /// now, busy ones when their invocation ends.
     pub fn retire_function(&self, name: &str) {
-        let fp = self.inner.functions.lock().expect("functions lock").get(name).cloned();
+        let fp = self
+            .inner
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(name)
+            .cloned();
         if let Some(fp) = fp {
             for pool in fp.pools.lock().expect("pools lock").values() {
                 retire(pool);
@@ -329,7 +337,13 @@ impl Dispatcher {
 
     /// Instance counts of a function.
     pub fn stats(&self, name: &str) -> PoolStats {
-        let fp = self.inner.functions.lock().expect("functions lock").get(name).cloned();
+        let fp = self
+            .inner
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(name)
+            .cloned();
         let Some(fp) = fp else {
             return PoolStats::default();
         };
@@ -435,7 +449,9 @@ impl Dispatcher {
             .await
             .is_err()
         {
-            tracing::warn!("in-flight invocations did not finish in time: stopping their instances");
+            tracing::warn!(
+                "in-flight invocations did not finish in time: stopping their instances"
+            );
         }
         let instances: Vec<Arc<Instance>> = self
             .inner
@@ -502,9 +518,7 @@ struct PendingInvocation {
 
 /// Lambda's error object.
 fn error_body(error_type: &str, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string(),
-    )
+    Bytes::from(serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string())
 }
 
 impl PendingInvocation {
@@ -538,14 +552,15 @@ impl PendingInvocation {
     async fn run(self, instance: &Arc<Instance>, settings: &Settings) -> InvokeOutcome {
         let id = self.request.request_id.clone();
         let spec = &self.pool.spec;
-        let cold = instance.cold();
+        // Cold: this invocation waits for the instance's init (a pre-warmed one has none).
+        let cold = instance.init_duration.lock().expect("init lock").is_none();
         instance.invocations.fetch_add(1, Ordering::Relaxed);
         *instance.shared.current.lock().expect("current lock") = Some(Current {
             request_id: id.as_str().into(),
             tail: self.request.tail.then(String::new),
         });
         let mut status = instance.shared.status.subscribe();
-        if cold && instance.init_duration.lock().expect("init lock").is_none() {
+        if cold {
             let waited = tokio::time::timeout(
                 settings.init_timeout,
                 status.wait_for(|s| !matches!(s, Status::Starting)),
@@ -564,13 +579,15 @@ impl PendingInvocation {
                     let error_type = error_type.unwrap_or_else(|| "Runtime.Unknown".into());
                     Some((body, error_type))
                 }
-                Ok(Status::Exited(info)) => Some((
-                    exit_error(&id, &info),
-                    exit_error_type(&info).to_owned(),
-                )),
+                Ok(Status::Exited(info)) => {
+                    Some((exit_error(&id, &info), exit_error_type(&info).to_owned()))
+                }
                 // The status sender is gone only with the instance: treat as an exit.
                 Ok(Status::Starting) => Some((
-                    error_body("Runtime.ExitError", &format!("RequestId: {id} Error: Runtime exited during init")),
+                    error_body(
+                        "Runtime.ExitError",
+                        &format!("RequestId: {id} Error: Runtime exited during init"),
+                    ),
                     "Runtime.ExitError".to_owned(),
                 )),
                 Err(_) => Some((
@@ -590,7 +607,9 @@ impl PendingInvocation {
                     "INIT_REPORT Init Duration: {init_ms:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}"
                 ));
                 self.pool.init_failed(body.clone());
-                return self.finish(instance, body, None, true, Duration::ZERO).await;
+                return self
+                    .finish(instance, body, None, true, Duration::ZERO, false)
+                    .await;
             }
         }
 
@@ -649,7 +668,7 @@ impl PendingInvocation {
             ));
         }
         let mut outcome = self
-            .finish(instance, body, content_type, function_error, duration)
+            .finish(instance, body, content_type, function_error, duration, cold)
             .await;
         outcome.cold_start = cold;
         outcome
@@ -670,6 +689,7 @@ impl PendingInvocation {
         content_type: Option<String>,
         function_error: bool,
         duration: Duration,
+        report_init: bool,
     ) -> InvokeOutcome {
         let id = &self.request.request_id;
         let spec = &self.pool.spec;
@@ -679,7 +699,7 @@ impl PendingInvocation {
             .init_duration
             .lock()
             .expect("init lock")
-            .filter(|_| instance.invocations.load(Ordering::Relaxed) <= 1)
+            .filter(|_| report_init)
             .map(ms);
         let billed = (duration_ms + init.unwrap_or(0.0)).ceil().max(1.0) as u64;
         let mut report = format!(

@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,7 +222,13 @@ impl Instance {
         command
             .args(&args)
             .env_clear()
-            .envs(environment(&spec, settings, &id, &api_addr.to_string(), &tmp_dir))
+            .envs(environment(
+                &spec,
+                settings,
+                &id,
+                &api_addr.to_string(),
+                &tmp_dir,
+            ))
             .current_dir(&spec.task_root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -325,7 +331,9 @@ impl Instance {
                 Ok(s) => describe_exit(s),
                 Err(e) => format!("wait failed: {e}"),
             };
-            monitor_shared.status.send_replace(Status::Exited(ExitInfo { description, oom }));
+            monitor_shared
+                .status
+                .send_replace(Status::Exited(ExitInfo { description, oom }));
             for reader in readers {
                 let _ = reader.await;
             }
@@ -394,25 +402,25 @@ impl Instance {
     /// Peak memory of the instance in MB, from its cgroup or else the process's high-water mark.
     pub(crate) fn max_memory_mb(&self) -> u64 {
         // procfs and cgroupfs reads are served from kernel memory and never wait on a disk.
-        let bytes = self.cgroup.as_ref().and_then(|c| c.peak_bytes()).or_else(|| {
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", self.pid.as_raw_nonzero()))
+        let bytes = self
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.peak_bytes())
+            .or_else(|| {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{}/status", self.pid.as_raw_nonzero()))
+                        .ok()?;
+                let kb = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
                     .ok()?;
-            let kb = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()?;
-            Some(kb * 1024)
-        });
+                Some(kb * 1024)
+            });
         bytes.map_or(0, |b| b.div_ceil(1024 * 1024))
-    }
-
-    pub(crate) fn cold(&self) -> bool {
-        self.invocations.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -477,9 +485,18 @@ fn environment(
     set("LAMBDA_TASK_ROOT", task_root.clone());
     set("LAMBDA_RUNTIME_DIR", runtime_dir.clone());
     set("AWS_LAMBDA_FUNCTION_NAME", spec.name.to_string());
-    set("AWS_LAMBDA_FUNCTION_VERSION", spec.version_label.to_string());
-    set("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", config.memory_mb.to_string());
-    set("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", spec.name));
+    set(
+        "AWS_LAMBDA_FUNCTION_VERSION",
+        spec.version_label.to_string(),
+    );
+    set(
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        config.memory_mb.to_string(),
+    );
+    set(
+        "AWS_LAMBDA_LOG_GROUP_NAME",
+        format!("/aws/lambda/{}", spec.name),
+    );
     set(
         "AWS_LAMBDA_LOG_STREAM_NAME",
         format!("{date}/[{}]{id}", spec.version_label),
@@ -496,17 +513,28 @@ fn environment(
     set("PATH", path.join(":"));
     set(
         "LD_LIBRARY_PATH",
-        format!("/lib64:/usr/lib64:{runtime_dir}:{runtime_dir}/lib:{task_root}:{task_root}/lib:/opt/lib"),
+        format!(
+            "/lib64:/usr/lib64:{runtime_dir}:{runtime_dir}/lib:{task_root}:{task_root}/lib:/opt/lib"
+        ),
     );
     set("TMPDIR", tmp_dir.display().to_string());
     match config.runtime.family() {
         RuntimeFamily::Python => {
-            set("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", config.runtime));
+            set(
+                "AWS_EXECUTION_ENV",
+                format!("AWS_Lambda_{}", config.runtime),
+            );
             set("PYTHONUNBUFFERED", "1".into());
         }
         RuntimeFamily::Node => {
-            set("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", config.runtime));
-            set("NODE_PATH", format!("/opt/nodejs/node_modules:{task_root}/node_modules"));
+            set(
+                "AWS_EXECUTION_ENV",
+                format!("AWS_Lambda_{}", config.runtime),
+            );
+            set(
+                "NODE_PATH",
+                format!("/opt/nodejs/node_modules:{task_root}/node_modules"),
+            );
         }
         RuntimeFamily::Provided => {}
     }
@@ -577,4 +605,3 @@ fn drain(
         }
     }
 }
-

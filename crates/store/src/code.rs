@@ -365,15 +365,16 @@ mod tests {
                 .unwrap(),
             Sha256::digest(&zip).to_vec()
         );
-        assert_eq!(
-            fs::read(bundle.task_root.join("app.py")).unwrap(),
-            b"x = 1"
-        );
+        assert_eq!(fs::read(bundle.task_root.join("app.py")).unwrap(), b"x = 1");
         let mode = fs::metadata(bundle.task_root.join("app.py"))
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o555, "executable bit kept, write bits dropped");
+        assert_eq!(
+            mode & 0o777,
+            0o555,
+            "executable bit kept, write bits dropped"
+        );
     }
 
     #[test]
@@ -394,7 +395,8 @@ mod tests {
     #[test]
     fn refuses_writing_through_a_symlink() {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        w.add_symlink("d", ".", SimpleFileOptions::default()).unwrap();
+        w.add_symlink("d", ".", SimpleFileOptions::default())
+            .unwrap();
         w.start_file("d/x", SimpleFileOptions::default()).unwrap();
         let zip = w.finish().unwrap().into_inner();
         assert!(refused(&zip).contains("through a symlink"));

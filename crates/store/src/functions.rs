@@ -148,9 +148,8 @@ impl Store {
         F: FnOnce(&mut VersionRecord) -> Result<()> + Send + 'static,
     {
         self.write(move |conn| {
-            let current = load_function(conn, &name)?.ok_or_else(|| Error::FunctionNotFound {
-                name: name.clone(),
-            })?;
+            let current = load_function(conn, &name)?
+                .ok_or_else(|| Error::FunctionNotFound { name: name.clone() })?;
             if let Some(given) = expected_revision
                 && given != current.revision_id
             {
@@ -273,7 +272,9 @@ mod tests {
         ));
         let stale = Some("not-the-revision".to_string());
         assert!(matches!(
-            store.update_function("f".into(), stale, 2, |_| Ok(())).await,
+            store
+                .update_function("f".into(), stale, 2, |_| Ok(()))
+                .await,
             Err(Error::RevisionMismatch { .. })
         ));
         let g = store

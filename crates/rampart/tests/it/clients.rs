@@ -1,0 +1,136 @@
+//! Real clients: boto3 against the control and Invoke APIs, and the official Python runtime
+//! interface client (`awslambdaric`) as a custom runtime.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::harness::{Server, python};
+
+const BOTO3_SCRIPT: &str = r#"
+import io, json, sys, zipfile
+import boto3
+from botocore.config import Config
+
+endpoint = sys.argv[1]
+client = boto3.client(
+    "lambda", endpoint_url=endpoint, region_name="us-east-1",
+    aws_access_key_id="AKID", aws_secret_access_key="SECRET",
+    config=Config(retries={"total_max_attempts": 1}),
+)
+
+def zipped(source):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("lambda_function.py", source)
+    return buf.getvalue()
+
+V1 = "def lambda_handler(event, context):\n    return {'version': 1, 'event': event}\n"
+V2 = "def lambda_handler(event, context):\n    raise RuntimeError('v2 fails')\n"
+
+created = client.create_function(
+    FunctionName="boto", Runtime="python3.12", Role="arn:aws:iam::000000000000:role/r",
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": zipped(V1)}, Timeout=5,
+    Environment={"Variables": {"MODE": "test"}},
+)
+assert created["FunctionName"] == "boto" and created["Timeout"] == 5, created
+got = client.get_function(FunctionName="boto")
+assert got["Configuration"]["Environment"]["Variables"] == {"MODE": "test"}, got
+names = [f["FunctionName"] for f in client.list_functions()["Functions"]]
+assert names == ["boto"], names
+paginated = [f["FunctionName"] for page in client.get_paginator("list_functions").paginate() for f in page["Functions"]]
+assert paginated == ["boto"], paginated
+
+out = client.invoke(FunctionName="boto", Payload=json.dumps({"a": 1}), LogType="Tail")
+assert out["StatusCode"] == 200, out
+assert json.loads(out["Payload"].read()) == {"version": 1, "event": {"a": 1}}
+assert out["ExecutedVersion"] == "$LATEST"
+assert "FunctionError" not in out
+import base64
+assert "REPORT RequestId" in base64.b64decode(out["LogResult"]).decode()
+
+conf = client.update_function_configuration(FunctionName="boto", Timeout=7)
+assert conf["Timeout"] == 7, conf
+client.update_function_code(FunctionName="boto", ZipFile=zipped(V2))
+out = client.invoke(FunctionName="boto", Payload=b"{}")
+assert out["FunctionError"] == "Unhandled", out
+err = json.loads(out["Payload"].read())
+assert err["errorType"] == "RuntimeError" and err["errorMessage"] == "v2 fails", err
+out = client.invoke(FunctionName="boto", Qualifier="1", Payload=b"{}")
+assert json.loads(out["Payload"].read())["version"] == 1
+
+try:
+    client.invoke(FunctionName="missing", Payload=b"{}")
+    raise SystemExit("expected ResourceNotFoundException")
+except client.exceptions.ResourceNotFoundException as e:
+    assert "Function not found" in str(e), e
+
+client.delete_function(FunctionName="boto")
+try:
+    client.get_function(FunctionName="boto")
+    raise SystemExit("expected ResourceNotFoundException")
+except client.exceptions.ResourceNotFoundException:
+    pass
+print("boto3 ok")
+"#;
+
+fn run_python(script: &str, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.py");
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("running python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_creates_gets_lists_updates_invokes_and_deletes() {
+    let server = Server::start();
+    let (ok, output) = run_python(BOTO3_SCRIPT, &[&server.endpoint]);
+    assert!(ok && output.contains("boto3 ok"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awslambdaric_runs_as_a_custom_runtime() {
+    let server = Server::start();
+    let bootstrap = format!("#!/bin/sh\nexec {} -m awslambdaric app.handler\n", python());
+    let app = "import os\ndef handler(event, context):\n    return {'ric': True, 'id': context.aws_request_id, 'name': context.function_name, 'event': event}\n";
+    server
+        .deploy(
+            "ric",
+            "provided.al2023",
+            "app.handler",
+            &[("bootstrap", &bootstrap), ("app.py", app)],
+            json!({}),
+        )
+        .await;
+    let r = server.invoke("ric", r#"{"n": 1}"#).await;
+    assert_eq!(r.header("x-amz-function-error"), None, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["ric"], true);
+    assert_eq!(v["name"], "ric");
+    assert_eq!(v["event"], json!({"n": 1}));
+    assert_eq!(v["id"], r.header("x-amzn-requestid").unwrap());
+    // Its error path too.
+    let failing = "def handler(event, context):\n    raise KeyError('k')\n";
+    server
+        .deploy(
+            "ric-err",
+            "provided.al2023",
+            "app.handler",
+            &[("bootstrap", &bootstrap), ("app.py", failing)],
+            json!({}),
+        )
+        .await;
+    let r = server.invoke("ric-err", "{}").await;
+    assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
+    assert_eq!(r.json()["errorType"], "KeyError");
+}

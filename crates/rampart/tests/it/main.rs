@@ -1,0 +1,9 @@
+//! Integration tests: the real `rampart` binary on an ephemeral port, real runtimes, real
+//! clients.
+
+mod clients;
+mod control;
+mod failures;
+mod harness;
+mod invoke;
+mod lifecycle;
