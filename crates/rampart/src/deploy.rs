@@ -34,9 +34,10 @@ pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed
         }
         let code_dir = function.code_dir.clone();
         let bootstrap = function.bootstrap.clone();
-        let zip = tokio::task::spawn_blocking(move || package(&code_dir, bootstrap.as_deref()))
-            .await
-            .context("packaging task failed")??;
+        let zip =
+            tokio::task::spawn_blocking(move || package(code_dir.as_deref(), bootstrap.as_deref()))
+                .await
+                .context("packaging task failed")??;
         let action = deploy_one(client, function, &zip).await?;
         done.push(Deployed {
             name: function.name.to_string(),
@@ -122,14 +123,16 @@ async fn deploy_one(
 
 /// Zips `dir` (plus `bootstrap`, packaged as the executable `bootstrap`) deterministically:
 /// sorted entries and fixed timestamps, so unchanged code has an unchanged `CodeSha256`.
-pub fn package(dir: &Path, bootstrap: Option<&Path>) -> Result<Vec<u8>> {
+pub fn package(dir: Option<&Path>, bootstrap: Option<&Path>) -> Result<Vec<u8>> {
     let mut files = Vec::new();
-    collect(dir, dir, &mut files)?;
+    if let Some(dir) = dir {
+        collect(dir, dir, &mut files)?;
+    }
     files.sort();
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for rel in &files {
-        let path = dir.join(rel);
+        let path = dir.expect("files come from the code dir").join(rel);
         let mode = std::fs::metadata(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .permissions()

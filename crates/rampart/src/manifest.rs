@@ -5,7 +5,7 @@
 //! name = "counter"
 //! runtime = "python3.12"
 //! handler = "lambda_function.lambda_handler"
-//! code = "python"            # directory, relative to this file
+//! code = "python"            # directory, relative to this file (optional with `bootstrap`)
 //! timeout = 3                # seconds, 1..=900 (default 3)
 //! memory_mb = 128            # 128..=10240 (default 128)
 //! max_concurrency = 10       # reserved concurrency (default: no reservation, cap 100)
@@ -32,7 +32,8 @@ struct FunctionEntry {
     runtime: String,
     #[serde(default)]
     handler: Option<String>,
-    code: PathBuf,
+    #[serde(default)]
+    code: Option<PathBuf>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -67,8 +68,8 @@ pub struct ProjectFunction {
     pub name: FunctionName,
     /// Its configuration.
     pub config: FunctionConfig,
-    /// The directory packaged as its code.
-    pub code_dir: PathBuf,
+    /// The directory packaged as its code, if any.
+    pub code_dir: Option<PathBuf>,
     /// A command run (in the project directory) before packaging.
     pub build: Option<Vec<String>>,
     /// A file packaged as the executable `bootstrap`.
@@ -168,10 +169,22 @@ impl FunctionEntry {
         config
             .validate()
             .map_err(|e| (manifest_field(e.field), e.message))?;
-        let code_dir = dir.join(&self.code);
-        if !code_dir.is_dir() {
-            return Err(("code", format!("{} is not a directory", code_dir.display())));
-        }
+        let code_dir = match (&self.code, &self.bootstrap) {
+            (Some(code), _) => {
+                let code_dir = dir.join(code);
+                if !code_dir.is_dir() {
+                    return Err(("code", format!("{} is not a directory", code_dir.display())));
+                }
+                Some(code_dir)
+            }
+            (None, Some(_)) => None,
+            (None, None) => {
+                return Err((
+                    "code",
+                    "is required (or a bootstrap for a provided runtime)".into(),
+                ));
+            }
+        };
         if let Some(b) = &self.build
             && b.is_empty()
         {

@@ -13,6 +13,8 @@ use zip::write::SimpleFileOptions;
 
 /// How long the server may take to print its ready line.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// `rampart up` deploys first, and the Rust counter's build may compile its dependencies.
+const UP_READY_DEADLINE: Duration = Duration::from_secs(600);
 
 /// A running server; killed on drop, its log printed if the test failed.
 pub struct Server {
@@ -38,11 +40,24 @@ impl Server {
         server
     }
 
+    /// `rampart up DIR` on a fresh data dir.
+    pub fn up(project: &str) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::launch(&["up", project], temp.path(), &[], &[]);
+        server._temp = Some(temp);
+        server
+    }
+
     /// A server on `data_dir` (kept by the caller, e.g. across a restart).
     pub fn start_in(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(&["serve"], data_dir, args, env)
+    }
+
+    fn launch(command_args: &[&str], data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(command_args)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("RAMPART_LOG", "info,rampart_runtime=debug")
@@ -70,7 +85,12 @@ impl Server {
                 }
             }
         });
-        let line = match rx.recv_timeout(READY_DEADLINE) {
+        let deadline = if command_args[0] == "up" {
+            UP_READY_DEADLINE
+        } else {
+            READY_DEADLINE
+        };
+        let line = match rx.recv_timeout(deadline) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();

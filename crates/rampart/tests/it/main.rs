@@ -7,3 +7,4 @@ mod failures;
 mod harness;
 mod invoke;
 mod lifecycle;
+mod project;

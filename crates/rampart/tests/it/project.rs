@@ -1,0 +1,132 @@
+//! The counter project through the CLI: `rampart deploy` (with the Rust twin's build step),
+//! `rampart invoke`, `functions`, `logs`, and `rampart up`.
+
+use std::process::{Command, Stdio};
+
+use crate::harness::Server;
+
+fn rampart(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env("RAMPART_ENDPOINT", endpoint)
+        .output()
+        .expect("running rampart");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn counter_dir() -> String {
+    format!("{}/../../examples/counter", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_project_deploys_and_runs_in_three_languages() {
+    let server = Server::start();
+    let ep = server.endpoint.clone();
+    let dir = counter_dir();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let ep = ep.clone();
+        move || rampart(&ep, &["deploy", &dir])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "deploy failed: {out}{err}");
+    for name in ["counter", "counter-node", "counter-rust"] {
+        assert!(out.contains(&format!("{name}: created")), "{out}");
+        let (ok, out, err) = rampart(
+            &ep,
+            &[
+                "invoke",
+                name,
+                "--payload",
+                r#"{"counter": 99, "operation": "increment"}"#,
+            ],
+        );
+        assert!(ok, "{name}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["statusCode"], 200, "{name}: {out}");
+        let body: serde_json::Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["counter"], 100, "{name} clamps: {out}");
+        let (_, out, _) = rampart(
+            &ep,
+            &[
+                "invoke",
+                name,
+                "--payload",
+                r#"{"counter": 3, "operation": "jump"}"#,
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["statusCode"], 400, "{name}: {out}");
+    }
+    // A second deploy with nothing changed changes nothing.
+    let dir = counter_dir();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || rampart(&ep, &["deploy", &dir]))
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("unchanged").count(), 3, "{out}");
+    let ep = server.endpoint.clone();
+    let (ok, out, _) = rampart(&ep, &["functions", "list"]);
+    assert!(
+        ok && out.contains("counter-rust") && out.contains("provided.al2023"),
+        "{out}"
+    );
+    let (ok, out, _) = rampart(&ep, &["functions", "show", "counter"]);
+    assert!(ok && out.contains("\"Instances\""), "{out}");
+    let (ok, out, _) = rampart(&ep, &["logs", "counter-rust"]);
+    assert!(
+        ok && out.contains("increment: counter is now 100") && out.contains("REPORT RequestId"),
+        "{out}"
+    );
+    let (ok, _, err) = rampart(&ep, &["invoke", "counter", "--payload", "{oops"]);
+    assert!(
+        !ok && err.contains("InvalidRequestContentException"),
+        "{err}"
+    );
+    let (ok, _, _) = rampart(&ep, &["functions", "delete", "counter-node"]);
+    assert!(ok);
+    let (ok, _, err) = rampart(&ep, &["invoke", "counter-node"]);
+    assert!(!ok && err.contains("ResourceNotFoundException"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_project() {
+    let dir = counter_dir();
+    let server = tokio::task::spawn_blocking(move || Server::up(&dir))
+        .await
+        .unwrap();
+    for name in ["counter", "counter-node", "counter-rust"] {
+        let r = server
+            .invoke(name, r#"{"counter": 1, "operation": "decrement"}"#)
+            .await;
+        assert_eq!(r.json()["statusCode"], 200, "{name}: {}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_rejects_a_bad_manifest_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rampart.toml"), "[[function]]\nname = \"x\"\nruntime = \"python3.12\"\nhandler = \"a.b\"\ncode = \".\"\ntimeout = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "up",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rampart.toml") && err.contains("function 'x'") && err.contains("'timeout'"),
+        "{err}"
+    );
+}
