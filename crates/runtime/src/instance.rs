@@ -192,6 +192,7 @@ impl Instance {
         tracker: &TaskTracker,
         on_exit: Box<dyn FnOnce() + Send>,
     ) -> Result<Arc<Self>, String> {
+        let begun = Instant::now();
         let (program, args) = settings
             .launcher
             .command(spec.config.runtime.family(), &spec.task_root)?;
@@ -345,6 +346,7 @@ impl Instance {
             on_exit();
         });
 
+        tracing::debug!(instance = %id, function = %spec.name, took = ?begun.elapsed(), "instance started");
         Ok(Arc::new(Self {
             id,
             shared,
