@@ -160,6 +160,15 @@ enum FunctionsCommand {
 }
 
 fn main() -> ExitCode {
+    // A pre-forked sandbox slot: exec the runtime it is sent, nothing else.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == rampart_runtime::STUB_ARG)
+    {
+        let error = rampart_runtime::run_stub();
+        eprintln!("{error}");
+        return ExitCode::from(127);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")

@@ -70,7 +70,7 @@ pub async fn start(options: Options) -> Result<Running> {
     let _ = tokio::fs::remove_dir_all(data_dir.join("tmp")).await;
 
     let (log_tx, log_rx) = mpsc::channel(16 * 1024);
-    let dispatcher = Dispatcher::new(Settings {
+    let dispatcher = Dispatcher::try_new(Settings {
         data_dir: data_dir.clone(),
         region: options.region.clone(),
         launcher,
@@ -79,7 +79,9 @@ pub async fn start(options: Options) -> Result<Running> {
         queue_wait: options.queue_wait,
         init_timeout: Duration::from_secs(10),
         kill_grace: Duration::from_millis(500),
-    });
+        stub: std::env::current_exe().ok(),
+    })
+    .context("starting the dispatcher")?;
     let registry = Registry::load(store.clone(), CodeStore::new(&data_dir), dispatcher.clone())
         .await
         .context("loading functions")?;

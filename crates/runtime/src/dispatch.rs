@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::instance::{Current, Event, ExitInfo, Instance, Reply, Status};
+use crate::instance::{Current, Event, ExitInfo, Instance, Phase, Reply, Status};
+use crate::spawn::Processes;
 use crate::{FunctionSpec, InvokeError, InvokeOutcome, InvokeRequest, Settings, now_ms};
 
 /// How often idle instances are reclaimed and warm pools refilled.
@@ -43,6 +44,7 @@ pub struct Dispatcher {
 
 struct Inner {
     settings: Settings,
+    processes: Arc<Processes>,
     functions: Mutex<HashMap<Arc<str>, Arc<FunctionPools>>>,
     /// Every live instance, so shutdown can reach those that are starting.
     instances: Mutex<HashMap<Arc<str>, Arc<Instance>>>,
@@ -122,18 +124,28 @@ impl Pool {
 }
 
 impl Dispatcher {
-    /// A dispatcher with no instances yet.
-    pub fn new(settings: Settings) -> Self {
-        Self {
+    /// A dispatcher with no instances yet. Call from within a tokio runtime.
+    ///
+    /// # Errors
+    /// When the spawner thread cannot be started.
+    pub fn try_new(settings: Settings) -> std::io::Result<Self> {
+        let processes = Arc::new(Processes::start(
+            settings.sandbox.clone(),
+            settings.stub.clone(),
+        )?);
+        let tasks = TaskTracker::new();
+        processes.refill(&tasks);
+        Ok(Self {
             inner: Arc::new(Inner {
                 settings,
+                processes,
                 functions: Mutex::default(),
                 instances: Mutex::default(),
-                tasks: TaskTracker::new(),
+                tasks,
                 invocations: TaskTracker::new(),
                 draining: AtomicBool::new(false),
             }),
-        }
+        })
     }
 
     /// The settings instances run with.
@@ -256,6 +268,7 @@ impl Dispatcher {
             id,
             pool.spec.clone(),
             &self.inner.settings,
+            &self.inner.processes,
             &self.inner.tasks,
             on_exit,
         )
@@ -400,30 +413,41 @@ impl Dispatcher {
         if let Some(last_error) = pool.backing_off() {
             return Ok(pending.failed_fast(last_error));
         }
-        let instance = match pool.pop_idle() {
-            Some(instance) => instance,
-            None => {
-                pool.live.fetch_add(1, Ordering::Relaxed);
-                match self.spawn_instance(&pool).await {
-                    Ok(instance) => instance,
-                    Err(message) => {
-                        pool.live.fetch_sub(1, Ordering::Relaxed);
-                        return Ok(pending.entrypoint_failed(&message));
+        // A warm instance can die while idle, just before it is picked: the event never reached
+        // it, so the invocation moves to another instance (once) instead of failing.
+        let mut retried = false;
+        loop {
+            let instance = match pool.pop_idle() {
+                Some(instance) => instance,
+                None => {
+                    pool.live.fetch_add(1, Ordering::Relaxed);
+                    match self.spawn_instance(&pool).await {
+                        Ok(instance) => instance,
+                        Err(message) => {
+                            pool.live.fetch_sub(1, Ordering::Relaxed);
+                            return Ok(pending.entrypoint_failed(&message));
+                        }
                     }
                 }
+            };
+            let guard = KillOnDrop(Some(instance.clone()));
+            let outcome = pending.run(&instance, &self.inner.settings, !retried).await;
+            guard.disarm();
+            let reusable = instance.is_healthy() && !pool.retired.load(Ordering::Relaxed);
+            if reusable {
+                *instance.last_used.lock().expect("last used lock") = Instant::now();
+                pool.idle.lock().expect("idle lock").push(instance);
+            } else {
+                instance.kill();
             }
-        };
-        let guard = KillOnDrop(Some(instance.clone()));
-        let outcome = pending.run(&instance, &self.inner.settings).await;
-        guard.disarm();
-        let reusable = instance.is_healthy() && !pool.retired.load(Ordering::Relaxed);
-        if reusable {
-            *instance.last_used.lock().expect("last used lock") = Instant::now();
-            pool.idle.lock().expect("idle lock").push(instance);
-        } else {
-            instance.kill();
+            match outcome {
+                Some(outcome) => return Ok(outcome),
+                None => {
+                    tracing::debug!(function = %spec.name, "idle instance died before its event was delivered: retrying");
+                    retried = true;
+                }
+            }
         }
-        Ok(outcome)
     }
 
     async fn admit(&self, fp: &FunctionPools) -> Result<OwnedSemaphorePermit, InvokeError> {
@@ -462,6 +486,7 @@ impl Dispatcher {
             .cloned()
             .collect();
         tracing::info!(count = instances.len(), "stopping instances");
+        self.inner.processes.close_slots();
         for instance in &instances {
             instance.terminate();
         }
@@ -548,8 +573,14 @@ impl PendingInvocation {
         self.outcome(body, true, Duration::ZERO)
     }
 
-    /// Runs the invocation on `instance`, waiting for its init first on a cold start.
-    async fn run(self, instance: &Arc<Instance>, settings: &Settings) -> InvokeOutcome {
+    /// Runs the invocation on `instance`, waiting for its init first on a cold start. `None`
+    /// (only when `may_retry`) means a warm instance was found dead before the event reached it.
+    async fn run(
+        &self,
+        instance: &Arc<Instance>,
+        settings: &Settings,
+        may_retry: bool,
+    ) -> Option<InvokeOutcome> {
         let id = self.request.request_id.clone();
         let spec = &self.pool.spec;
         // Cold: this invocation waits for the instance's init (a pre-warmed one has none).
@@ -607,9 +638,10 @@ impl PendingInvocation {
                     "INIT_REPORT Init Duration: {init_ms:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}"
                 ));
                 self.pool.init_failed(body.clone());
-                return self
-                    .finish(instance, body, None, true, Duration::ZERO, false)
-                    .await;
+                return Some(
+                    self.finish(instance, body, None, true, Duration::ZERO, false)
+                        .await,
+                );
             }
         }
 
@@ -647,7 +679,13 @@ impl PendingInvocation {
                     &format!("RequestId: {id} Error: the runtime dropped the invocation"),
                 ), None, true),
             },
-            info = exited(&mut status) => (exit_error(&id, &info), None, true),
+            info = exited(&mut status) => {
+                if may_retry && !cold && !delivered(instance, &id) {
+                    *instance.shared.current.lock().expect("current lock") = None;
+                    return None;
+                }
+                (exit_error(&id, &info), None, true)
+            }
             () = tokio::time::sleep_until(deadline) => {
                 instance.kill();
                 let secs = timeout.as_secs_f64();
@@ -671,7 +709,7 @@ impl PendingInvocation {
             .finish(instance, body, content_type, function_error, duration, cold)
             .await;
         outcome.cold_start = cold;
-        outcome
+        Some(outcome)
     }
 
     fn exit_reason(&self, status: &watch::Receiver<Status>) -> Option<String> {
@@ -739,6 +777,11 @@ fn error_or_header(body: Bytes, error_type: Option<String>) -> Bytes {
         return error_body(&error_type, "");
     }
     body
+}
+
+/// Whether the runtime took the event `id` with `GET next`.
+fn delivered(instance: &Instance, id: &str) -> bool {
+    matches!(&*instance.shared.phase.lock().expect("phase lock"), Phase::Busy { request_id, .. } if request_id == id)
 }
 
 /// Waits until the instance's process is gone.

@@ -2,7 +2,6 @@
 //! that watches it exit.
 
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -189,6 +188,7 @@ impl Instance {
         id: Arc<str>,
         spec: Arc<FunctionSpec>,
         settings: &Settings,
+        processes: &Arc<crate::spawn::Processes>,
         tracker: &TaskTracker,
         on_exit: Box<dyn FnOnce() + Send>,
     ) -> Result<Arc<Self>, String> {
@@ -214,42 +214,23 @@ impl Instance {
             phase: Mutex::new(Phase::Init),
             current: Mutex::new(None),
         });
-        let cgroup = settings
-            .sandbox
-            .create(&format!("i-{id}"), spec.config.memory_mb)
-            .map(Arc::new);
-
-        let mut command = tokio::process::Command::new(&program);
-        command
-            .args(&args)
-            .env_clear()
-            .envs(environment(
-                &spec,
-                settings,
-                &id,
-                &api_addr.to_string(),
-                &tmp_dir,
-            ))
-            .current_dir(&spec.task_root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let rlimit = cgroup.is_none() && spec.config.runtime.family() != RuntimeFamily::Node;
-        crate::spawn::prepare(
-            &mut command,
-            cgroup.as_ref().map(|c| c.procs.clone()),
-            rlimit.then_some(u64::from(spec.config.memory_mb) * 1024 * 1024),
-        );
-        let mut child = match command.spawn() {
-            Ok(c) => c,
+        let exec = crate::spawn::ExecRequest {
+            program: program.display().to_string(),
+            args: args.iter().map(|a| a.display().to_string()).collect(),
+            env: environment(&spec, settings, &id, &api_addr.to_string(), &tmp_dir),
+            cwd: spec.task_root.display().to_string(),
+        };
+        let process = crate::spawn::ProcessSpec {
+            exec,
+            memory_mb: spec.config.memory_mb,
+            rlimit_fallback: spec.config.runtime.family() != RuntimeFamily::Node,
+            cgroup_name: format!("i-{id}"),
+        };
+        let (mut child, cgroup) = match processes.start_process(process, tracker).await {
+            Ok(started) => started,
             Err(e) => {
-                if let Some(c) = &cgroup {
-                    c.remove();
-                }
                 let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
-                return Err(format!("fork/exec {}: {e}", program.display()));
+                return Err(e);
             }
         };
         let pid = child

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 pub use dispatch::{Dispatcher, PoolStats};
 pub use launcher::Launcher;
 pub use sandbox::Sandbox;
+pub use spawn::{ExecRequest, STUB_ARG, run_stub};
 
 /// What can go wrong outside of a function's own failures.
 #[derive(Debug, Error)]
@@ -88,6 +89,9 @@ pub struct Settings {
     pub init_timeout: Duration,
     /// Time between SIGTERM and SIGKILL when an instance is stopped.
     pub kill_grace: Duration,
+    /// The `rampart` binary, run as `rampart __instance-stub` to keep pre-forked sandbox slots;
+    /// `None` starts every instance directly.
+    pub stub: Option<PathBuf>,
 }
 
 /// One line of function output or a platform line.

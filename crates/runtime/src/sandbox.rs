@@ -90,44 +90,52 @@ impl Sandbox {
         }
     }
 
-    /// Creates the cgroup of one instance with its memory limit; `None` when running on rlimits
-    /// or when the cgroup could not be made (the instance then runs on rlimits).
-    pub fn create(&self, instance: &str, memory_mb: u32) -> Option<Cgroup> {
+    /// Creates a cgroup, with a memory limit when given; `None` when running on rlimits or when
+    /// the cgroup could not be made (the instance then runs on rlimits).
+    pub(crate) fn create(&self, instance: &str, memory_mb: Option<u32>) -> Option<Cgroup> {
         let (base, v2) = match self {
             Self::V2 { base } => (base, true),
             Self::V1 { base } => (base, false),
             Self::Rlimit => return None,
         };
         let dir = base.join(instance);
-        let bytes = u64::from(memory_mb) * 1024 * 1024;
-        let made = fs::create_dir(&dir).and_then(|()| {
-            if v2 {
-                fs::write(dir.join("memory.max"), bytes.to_string())?;
-                // No swap: past the limit the instance is OOM-killed, as on Lambda.
-                let _ = fs::write(dir.join("memory.swap.max"), "0");
-            } else {
-                fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())?;
-                let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string());
-            }
-            Ok(())
-        });
-        match made {
-            Ok(()) => {
-                let procs = dir.join("cgroup.procs");
-                let procs = CString::new(procs.into_os_string().into_encoded_bytes())
-                    .expect("cgroup paths hold no NUL");
-                Some(Cgroup { dir, v2, procs })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, dir = %dir.display(), "could not create an instance cgroup");
-                let _ = fs::remove_dir(&dir);
-                None
-            }
+        if let Err(e) = fs::create_dir(&dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not create an instance cgroup");
+            return None;
         }
+        let procs = CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("cgroup paths hold no NUL");
+        let cgroup = Cgroup { dir, v2, procs };
+        if let Some(mb) = memory_mb
+            && let Err(e) = cgroup.set_limit(mb)
+        {
+            tracing::warn!(error = %e, dir = %cgroup.dir.display(), "could not set a memory limit");
+            cgroup.remove();
+            return None;
+        }
+        Some(cgroup)
     }
 }
 
 impl Cgroup {
+    /// Sets the memory limit (cgroupfs writes are served by the kernel, never a disk).
+    pub(crate) fn set_limit(&self, memory_mb: u32) -> std::io::Result<()> {
+        let bytes = (u64::from(memory_mb) * 1024 * 1024).to_string();
+        if self.v2 {
+            fs::write(self.dir.join("memory.max"), &bytes)?;
+            // No swap: past the limit the instance is OOM-killed, as on Lambda.
+            let _ = fs::write(self.dir.join("memory.swap.max"), "0");
+        } else {
+            fs::write(self.dir.join("memory.limit_in_bytes"), &bytes)?;
+            let _ = fs::write(self.dir.join("memory.memsw.limit_in_bytes"), &bytes);
+        }
+        Ok(())
+    }
+
     /// Peak memory use of the instance in bytes.
     pub fn peak_bytes(&self) -> Option<u64> {
         let file = if self.v2 {
