@@ -118,7 +118,8 @@ pub(crate) async fn invoke(
         .map(decode_client_context)
         .transpose()?;
     let payload = read_payload(body).await?;
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_uuid = uuid::Uuid::new_v4();
+    let request_id = request_uuid.to_string();
     let invoked_arn = function_arn(
         &gateway.region,
         &target.name,
@@ -129,7 +130,7 @@ pub(crate) async fn invoke(
     );
     let trace_id = header(&headers, "x-amzn-trace-id")
         .map(str::to_owned)
-        .unwrap_or_else(new_trace_id);
+        .unwrap_or_else(|| new_trace_id(&request_uuid));
     let request = InvokeRequest {
         request_id: request_id.clone(),
         payload,
@@ -214,14 +215,14 @@ fn decode_client_context(encoded: &str) -> Result<String, ApiError> {
     Ok(text)
 }
 
-/// A new X-Ray trace header: `Root=1-<8 hex epoch secs>-<24 hex>;Parent=<16 hex>;Sampled=0`.
-fn new_trace_id() -> String {
+/// A new X-Ray trace header, `Root=1-<8 hex epoch secs>-<24 hex>;Parent=<16 hex>;Sampled=0`,
+/// its random parts taken from the (random) request id rather than from more entropy.
+fn new_trace_id(request_uuid: &uuid::Uuid) -> String {
     let secs = jiff::Timestamp::now().as_second();
-    let root = uuid::Uuid::new_v4().simple().to_string();
-    let parent = uuid::Uuid::new_v4().simple().to_string();
+    let hex = request_uuid.simple().to_string();
     format!(
         "Root=1-{secs:08x}-{};Parent={};Sampled=0",
-        &root[..24],
-        &parent[..16]
+        &hex[..24],
+        &hex[16..]
     )
 }

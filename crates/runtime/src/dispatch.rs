@@ -166,6 +166,7 @@ impl Dispatcher {
     }
 
     fn maintain(&self) {
+        self.inner.processes.refill(&self.inner.tasks);
         let functions: Vec<Arc<FunctionPools>> = self
             .inner
             .functions
@@ -273,6 +274,7 @@ impl Dispatcher {
             on_exit,
         )
         .await?;
+        self.refill_after_init(&instance);
         let exited = matches!(*instance.shared.status.borrow(), Status::Exited(_));
         if !exited {
             self.inner
@@ -282,6 +284,20 @@ impl Dispatcher {
                 .insert(instance.id.clone(), instance.clone());
         }
         Ok(instance)
+    }
+
+    /// Tops the sandbox slots up once `instance` has finished its init (or failed it).
+    fn refill_after_init(&self, instance: &Instance) {
+        let mut status = instance.shared.status.subscribe();
+        let processes = self.inner.processes.clone();
+        let tasks = self.inner.tasks.clone();
+        let bound = self.inner.settings.init_timeout;
+        self.inner.tasks.spawn(async move {
+            let _ =
+                tokio::time::timeout(bound, status.wait_for(|s| !matches!(s, Status::Starting)))
+                    .await;
+            processes.refill(&tasks);
+        });
     }
 
     fn function_pools(&self, spec: &FunctionSpec) -> Arc<FunctionPools> {
@@ -731,7 +747,7 @@ impl PendingInvocation {
     ) -> InvokeOutcome {
         let id = &self.request.request_id;
         let spec = &self.pool.spec;
-        instance.flush_output().await;
+        instance.flush_output();
         let duration_ms = ms(duration);
         let init = instance
             .init_duration

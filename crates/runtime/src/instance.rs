@@ -175,7 +175,7 @@ pub(crate) struct Instance {
     kill: CancellationToken,
     /// Ask the monitor to SIGTERM, then SIGKILL after the grace period.
     terminate: CancellationToken,
-    flush: Vec<mpsc::Sender<oneshot::Sender<()>>>,
+    outputs: Vec<Arc<Output>>,
     tagger: LogTagger,
 }
 
@@ -262,7 +262,7 @@ impl Instance {
         });
 
         // Output readers.
-        let mut flush = Vec::new();
+        let mut outputs = Vec::new();
         let mut readers = Vec::new();
         let pipes: [(&'static str, Option<OwnedFd>); 2] = [
             (
@@ -278,9 +278,14 @@ impl Instance {
             let Some(receiver) = fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()) else {
                 continue;
             };
-            let (flush_tx, flush_rx) = mpsc::channel(4);
-            flush.push(flush_tx);
-            readers.push(tracker.spawn(read_lines(receiver, stream, tagger.clone(), flush_rx)));
+            let output = Arc::new(Output {
+                receiver,
+                stream,
+                tagger: tagger.clone(),
+                pending: Mutex::default(),
+            });
+            outputs.push(output.clone());
+            readers.push(tracker.spawn(output.run()));
         }
 
         // Monitor: waits for the exit, or kills on request; then cleans up.
@@ -340,7 +345,7 @@ impl Instance {
             cgroup,
             kill,
             terminate,
-            flush,
+            outputs,
             tagger,
         }))
     }
@@ -367,18 +372,11 @@ impl Instance {
         self.tagger.emit("platform", line);
     }
 
-    /// Waits (bounded) until the readers have taken every byte the process wrote so far, so
-    /// lines printed before the response are attributed to its invocation.
-    pub(crate) async fn flush_output(&self) {
-        let mut acks = Vec::with_capacity(self.flush.len());
-        for f in &self.flush {
-            let (tx, rx) = oneshot::channel();
-            if f.try_send(tx).is_ok() {
-                acks.push(rx);
-            }
-        }
-        for ack in acks {
-            let _ = tokio::time::timeout(Duration::from_millis(100), ack).await;
+    /// Takes every byte the process wrote so far (without waiting), so lines printed before
+    /// the response are attributed to its invocation.
+    pub(crate) fn flush_output(&self) {
+        for output in &self.outputs {
+            output.drain_now();
         }
     }
 
@@ -524,67 +522,74 @@ fn environment(
     env
 }
 
-/// Reads one output pipe line by line until EOF; on a flush request, first drains whatever the
-/// pipe holds right now.
-async fn read_lines(
+/// One output pipe of an instance. The reader task drains it when the reactor says it is
+/// readable; the invoke path drains it directly (a raw non-blocking read) before writing END,
+/// so every line printed before the response is attributed to its invocation without waking
+/// the reader task.
+struct Output {
     receiver: pipe::Receiver,
     stream: &'static str,
     tagger: LogTagger,
-    mut flush: mpsc::Receiver<oneshot::Sender<()>>,
-) {
-    let mut pending = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let ack = tokio::select! {
-            ready = receiver.readable() => {
-                if ready.is_err() {
-                    break;
-                }
-                None
-            }
-            Some(ack) = flush.recv() => Some(ack),
-        };
-        let eof = drain(&receiver, &mut chunk, &mut pending, stream, &tagger);
-        if let Some(ack) = ack {
-            let _ = ack.send(());
-        }
-        if eof {
-            break;
-        }
-    }
-    if !pending.is_empty() {
-        tagger.emit(stream, String::from_utf8_lossy(&pending).into_owned());
-    }
+    /// Bytes of an unfinished line.
+    pending: Mutex<Vec<u8>>,
 }
 
-/// Reads what the pipe holds without waiting; emits complete lines. Returns true at EOF.
-fn drain(
-    receiver: &pipe::Receiver,
-    chunk: &mut [u8],
-    pending: &mut Vec<u8>,
-    stream: &'static str,
-    tagger: &LogTagger,
-) -> bool {
-    loop {
-        match receiver.try_read(chunk) {
-            Ok(0) => return true,
-            Ok(n) => {
-                pending.extend_from_slice(&chunk[..n]);
-                let mut start = 0;
-                while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
-                    let line = &pending[start..start + pos];
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    tagger.emit(stream, String::from_utf8_lossy(line).into_owned());
-                    start += pos + 1;
+impl Output {
+    /// Reads what the pipe holds without waiting; emits complete lines. Returns true at EOF.
+    fn drain(&self, read: impl Fn(&mut [u8]) -> std::io::Result<usize>) -> bool {
+        let mut pending = self.pending.lock().expect("output lock");
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    pending.extend_from_slice(&chunk[..n]);
+                    let mut start = 0;
+                    while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
+                        let line = &pending[start..start + pos];
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        self.tagger
+                            .emit(self.stream, String::from_utf8_lossy(line).into_owned());
+                        start += pos + 1;
+                    }
+                    pending.drain(..start);
+                    if pending.len() > MAX_LINE {
+                        self.tagger
+                            .emit(self.stream, String::from_utf8_lossy(&pending).into_owned());
+                        pending.clear();
+                    }
                 }
-                pending.drain(..start);
-                if pending.len() > MAX_LINE {
-                    tagger.emit(stream, String::from_utf8_lossy(pending).into_owned());
-                    pending.clear();
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
+        }
+    }
+
+    /// Drains with a raw read, independent of the reactor's readiness state.
+    fn drain_now(&self) {
+        self.drain(|buf| rustix::io::read(&self.receiver, buf).map_err(std::io::Error::from));
+    }
+
+    /// Reads the pipe until EOF, then emits any unfinished line.
+    async fn run(self: Arc<Self>) {
+        loop {
+            if self.receiver.readable().await.is_err() {
+                break;
+            }
+            // try_io clears tokio's readiness when the read would block.
+            let eof = self.drain(|buf| {
+                self.receiver
+                    .try_io(|| rustix::io::read(&self.receiver, &mut *buf).map_err(Into::into))
+            });
+            if eof {
+                break;
+            }
+        }
+        let rest = std::mem::take(&mut *self.pending.lock().expect("output lock"));
+        if !rest.is_empty() {
+            self.tagger
+                .emit(self.stream, String::from_utf8_lossy(&rest).into_owned());
         }
     }
 }

@@ -31,6 +31,8 @@ pub enum Sandbox {
 pub struct Cgroup {
     dir: PathBuf,
     v2: bool,
+    /// The peak-usage file, kept open: a path lookup per invocation would cost more than the read.
+    peak: Option<fs::File>,
     /// `cgroup.procs` as a C string, built before fork so `pre_exec` need not allocate.
     pub(crate) procs: CString,
 }
@@ -109,7 +111,18 @@ impl Sandbox {
                 .into_encoded_bytes(),
         )
         .expect("cgroup paths hold no NUL");
-        let cgroup = Cgroup { dir, v2, procs };
+        let peak = fs::File::open(dir.join(if v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        }))
+        .ok();
+        let cgroup = Cgroup {
+            dir,
+            v2,
+            peak,
+            procs,
+        };
         if let Some(mb) = memory_mb
             && let Err(e) = cgroup.set_limit(mb)
         {
@@ -138,16 +151,10 @@ impl Cgroup {
 
     /// Peak memory use of the instance in bytes.
     pub fn peak_bytes(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        };
-        fs::read_to_string(self.dir.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 32];
+        let n = self.peak.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
     }
 
     /// Whether the kernel's OOM killer ended a process of this instance.

@@ -185,7 +185,9 @@ impl Processes {
     ) -> Result<(Child, Option<Arc<Cgroup>>), String> {
         if let Some(slots) = &self.slots {
             let slot = slots.ready.lock().expect("slots lock").pop_front();
-            self.refill(tracker);
+            // Refilled once the instance's init is over (see the dispatcher), not now: the new
+            // slot's cgroup move would stall forks and thread starts of the starting instance.
+            let _ = tracker;
             if let Some(slot) = slot {
                 match hand_off(slot, &spec).await {
                     Ok(started) => return Ok(started),
