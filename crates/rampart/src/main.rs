@@ -60,6 +60,10 @@ struct ServeArgs {
     /// At most this many log lines are kept per function.
     #[arg(long, env = "RAMPART_LOG_MAX_LINES", default_value_t = 100_000)]
     log_max_lines: usize,
+    /// Memory limits: `auto` uses a cgroup (v2, else v1) when one is writable, else setrlimit;
+    /// `rlimit` always uses setrlimit.
+    #[arg(long, env = "RAMPART_SANDBOX", default_value = "auto", value_parser = ["auto", "rlimit"])]
+    sandbox: String,
     /// Longest wait for in-flight invocations when shutting down.
     #[arg(long, env = "RAMPART_DRAIN_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     drain_timeout: std::time::Duration,
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -237,6 +242,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         log_retention: args.log_retention,
         log_max_lines: args.log_max_lines,
         drain_timeout: args.drain_timeout,
+        force_rlimit: args.sandbox == "rlimit",
     };
     let running = server::start(options).await?;
     if let Some(manifest) = &project {

@@ -31,6 +31,8 @@ pub struct Options {
     pub log_max_lines: usize,
     /// Longest wait for in-flight invocations when draining.
     pub drain_timeout: Duration,
+    /// Enforce memory with setrlimit even where a cgroup is available.
+    pub force_rlimit: bool,
 }
 
 /// A server that is listening.
@@ -61,7 +63,11 @@ pub async fn start(options: Options) -> Result<Running> {
     let launcher = Launcher::prepare(&data_dir)
         .await
         .context("preparing the runtimes")?;
-    let sandbox = Sandbox::detect();
+    let sandbox = if options.force_rlimit {
+        Sandbox::Rlimit
+    } else {
+        Sandbox::detect()
+    };
     tracing::info!(
         python = ?launcher.python, node = ?launcher.node, sandbox = %sandbox.describe(),
         "runtimes ready"

@@ -382,6 +382,40 @@ async fn memory_limit_ends_the_instance_with_out_of_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_falls_back_to_setrlimit() {
+    let server = Server::start_with(&["--sandbox", "rlimit"], &[]);
+    assert!(server.log().contains("setrlimit"), "{}", server.log());
+    let code = "def handler(event, context):\n    hog = bytearray(400 * 1024 * 1024)\n    return len(hog)\n";
+    server
+        .deploy(
+            "hog",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            json!({"MemorySize": 128}),
+        )
+        .await;
+    let r = server.invoke("hog", "{}").await;
+    assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
+    assert_eq!(r.json()["errorType"], "MemoryError", "{}", r.text());
+    // Under the limit it runs.
+    let fits = "def handler(event, context):\n    return len(bytearray(16 * 1024 * 1024))\n";
+    server
+        .deploy(
+            "fits",
+            "python3.12",
+            "app.handler",
+            &[("app.py", fits)],
+            json!({"MemorySize": 128}),
+        )
+        .await;
+    assert_eq!(
+        server.invoke("fits", "{}").await.json(),
+        json!(16 * 1024 * 1024)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provided_without_bootstrap_is_invalid_entrypoint() {
     let server = Server::start();
     server

@@ -108,6 +108,76 @@ async fn up_serves_the_project() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_prints_new_lines_as_they_come() {
+    use std::io::{BufRead, BufReader};
+    let server = Server::start();
+    let code = "def handler(event, context):\n    print('marker', event['n'])\n    return 1\n";
+    server
+        .deploy(
+            "chatty",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            serde_json::json!({}),
+        )
+        .await;
+    server.invoke("chatty", r#"{"n": 1}"#).await;
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["logs", "chatty", "--follow", "--since", "10m"])
+        .env("RAMPART_ENDPOINT", &server.endpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            if let Ok(line) = rx.recv_timeout(left)
+                && line.contains(needle)
+            {
+                return;
+            }
+        }
+        panic!("logs --follow never printed {needle}");
+    };
+    wait_for("marker 1");
+    server.invoke("chatty", r#"{"n": 2}"#).await;
+    wait_for("marker 2");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // --request filters to one invocation.
+    let r = server.invoke("chatty", r#"{"n": 3}"#).await;
+    let id = r.header("x-amzn-requestid").unwrap().to_owned();
+    server
+        .eventually("the REPORT line", std::time::Duration::from_secs(5), || {
+            let (server, id) = (&server, id.clone());
+            async move {
+                server.log_lines("chatty").await.iter().any(|l| {
+                    l["line"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("REPORT RequestId: {id}"))
+                })
+            }
+        })
+        .await;
+    let (ok, out, _) = rampart(&server.endpoint, &["logs", "chatty", "--request", &id]);
+    assert!(
+        ok && out.contains("marker 3") && !out.contains("marker 2"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_rejects_a_bad_manifest_before_serving() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rampart.toml"), "[[function]]\nname = \"x\"\nruntime = \"python3.12\"\nhandler = \"a.b\"\ncode = \".\"\ntimeout = 0\n").unwrap();
