@@ -145,6 +145,12 @@ pub async fn start(options: Options) -> Result<Running> {
     })
 }
 
+/// Most lines one log transaction takes.
+const LOG_BATCH: usize = 2048;
+/// How long the first line of a batch waits for company: one transaction (and one fsync) per
+/// interval instead of one per trickle of lines.
+const LOG_LINGER: Duration = Duration::from_millis(25);
+
 /// Moves log lines from instances into the store in batches, and applies retention.
 async fn write_logs(
     store: Store,
@@ -153,13 +159,22 @@ async fn write_logs(
     done: CancellationToken,
 ) {
     let mut prune = tokio::time::interval(Duration::from_secs(60));
-    let mut batch = Vec::with_capacity(1024);
+    let mut batch = Vec::with_capacity(LOG_BATCH);
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut batch, 1024) => {
+            n = rx.recv_many(&mut batch, LOG_BATCH) => {
                 if n == 0 {
                     break;
                 }
+                let linger = tokio::time::Instant::now() + LOG_LINGER;
+                while batch.len() < LOG_BATCH {
+                    let more = LOG_BATCH - batch.len();
+                    match tokio::time::timeout_at(linger, rx.recv_many(&mut batch, more)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                flush(&store, &mut batch).await;
             }
             _ = prune.tick() => {
                 let before = jiff::Timestamp::now().as_millisecond()
@@ -167,19 +182,17 @@ async fn write_logs(
                 if let Err(e) = store.prune_logs(before, options.log_max_lines).await {
                     tracing::warn!(error = %e, "pruning logs failed");
                 }
-                continue;
             }
             () = done.cancelled() => {
                 // Take what is left, then stop.
                 while let Ok(r) = rx.try_recv() {
                     batch.push(r);
                 }
-                flush(&store, &mut batch).await;
                 break;
             }
         }
-        flush(&store, &mut batch).await;
     }
+    flush(&store, &mut batch).await;
 }
 
 async fn flush(store: &Store, batch: &mut Vec<LogRecord>) {

@@ -9,7 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{Error, Result, io_err};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_logs_without_request_index.sql"),
+];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.
 const MAX_BATCH: usize = 256;
