@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,20 @@ use serde_json::{Value, json};
 
 use crate::invoke::resolve;
 use crate::{ApiError, Gateway};
+
+/// The request body, or Lambda's error for one that is too large or unreadable.
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "Request must be smaller than {} bytes for this operation",
+                rampart_model::MAX_CONTROL_BODY_BYTES
+            ))
+        } else {
+            ApiError::invalid_content(format!("could not read the request body: {e}"))
+        }
+    })
+}
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -56,7 +71,9 @@ struct ConfigInput {
     memory_size: Option<u32>,
     environment: Option<EnvironmentInput>,
     package_type: Option<String>,
-    reserved_concurrent_executions: Option<u32>,
+    /// `null` clears the reservation; absent leaves it as it is.
+    #[serde(default, deserialize_with = "present")]
+    reserved_concurrent_executions: Option<Option<u32>>,
     min_instances: Option<u32>,
     idle_timeout_seconds: Option<u64>,
     revision_id: Option<String>,
@@ -94,7 +111,7 @@ impl ConfigInput {
             config.environment = e.variables;
         }
         if let Some(c) = self.reserved_concurrent_executions {
-            config.max_concurrency = Some(c);
+            config.max_concurrency = c;
         }
         if let Some(m) = self.min_instances {
             config.min_instances = m;
@@ -105,6 +122,15 @@ impl ConfigInput {
         config.validate()?;
         Ok(())
     }
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -184,9 +210,9 @@ fn configuration(
 
 pub(crate) async fn create_function(
     State(gateway): State<Arc<Gateway>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let input: CreateInput = parse_json(&body)?;
+    let input: CreateInput = parse_json(&body_of(body)?)?;
     let name = FunctionName::parse(&input.function_name)?;
     let runtime = input
         .config
@@ -353,23 +379,19 @@ fn updated(gateway: &Gateway, deployed: &crate::Deployed) -> Json<Value> {
 pub(crate) async fn update_function_configuration(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let name = unqualified(&gateway, &name)?;
-    let mut input: ConfigInput = parse_json(&body)?;
+    let mut input: ConfigInput = parse_json(&body_of(body)?)?;
     let revision = input.revision_id.take();
-    // Validate against the current version first, for a precise error before any write.
-    let current = gateway
-        .registry
-        .latest(name.as_str())
-        .ok_or_else(|| ApiError::not_found(format!("Function not found: {name}")))?;
-    let mut config = current.record.latest.config.clone();
-    input.apply(&mut config)?;
+    // Applied inside the store's transaction, to the version it reads: concurrent updates
+    // each build on the other instead of one overwriting the other.
     let deployed = gateway
         .registry
         .update(&name, revision, move |v: &mut VersionRecord| {
-            v.config = config;
-            Ok(())
+            input
+                .apply(&mut v.config)
+                .map_err(|e| e.message().to_owned())
         })
         .await?;
     Ok(updated(&gateway, &deployed))
@@ -389,10 +411,10 @@ struct UpdateCodeInput {
 pub(crate) async fn update_function_code(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let name = unqualified(&gateway, &name)?;
-    let input: UpdateCodeInput = parse_json(&body)?;
+    let input: UpdateCodeInput = parse_json(&body_of(body)?)?;
     let zip = decode_zip(CodeInput {
         zip_file: input.zip_file,
         s3_bucket: input.s3_bucket,

@@ -18,6 +18,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message shown to the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -92,6 +97,15 @@ impl ApiError {
         }
     }
 
+    /// 405 for a method the path does not take.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowedException",
+            "this method is not allowed on this path",
+        )
+    }
+
     /// 503 while the server drains.
     pub fn shutting_down() -> Self {
         Self::new(
@@ -133,7 +147,7 @@ impl From<rampart_store::Error> for ApiError {
     fn from(e: rampart_store::Error) -> Self {
         use rampart_store::Error as E;
         match e {
-            E::InvalidBundle(m) => Self::invalid_parameter(m),
+            E::InvalidBundle(m) | E::Rejected(m) => Self::invalid_parameter(m),
             E::FunctionExists { name } => Self::conflict(format!("Function already exist: {name}")),
             E::FunctionNotFound { name } => Self::not_found(format!("Function not found: {name}")),
             E::RevisionMismatch { .. } => Self::precondition_failed(format!(
@@ -161,6 +175,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert("x-amzn-errortype", HeaderValue::from_static(self.code));
+        if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+            headers.insert("x-amzn-requestid", id);
+        }
         if let Some(after) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
         {

@@ -20,6 +20,8 @@ use crate::{ApiError, Gateway};
 pub(crate) struct Target {
     pub name: String,
     pub qualifier: Qualifier,
+    /// The caller named the qualifier (in the name, the ARN or the query).
+    pub explicit: bool,
     pub spec: Arc<FunctionSpec>,
 }
 
@@ -34,6 +36,7 @@ pub(crate) async fn resolve(
         .map(Qualifier::parse)
         .transpose()
         .map_err(|e| ApiError::validation(e.message))?;
+    let explicit = function.qualifier.is_some() || query_qualifier.is_some();
     let qualifier = match (function.qualifier, query_qualifier) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::invalid_parameter(
@@ -71,6 +74,7 @@ pub(crate) async fn resolve(
     Ok(Target {
         name,
         qualifier,
+        explicit,
         spec,
     })
 }
@@ -120,13 +124,12 @@ pub(crate) async fn invoke(
     let payload = read_payload(body).await?;
     let request_uuid = uuid::Uuid::new_v4();
     let request_id = request_uuid.to_string();
+    // The ARN in the form the caller addressed the function (runtime-api.md §3.1).
+    let qualifier_text = target.qualifier.to_string();
     let invoked_arn = function_arn(
         &gateway.region,
         &target.name,
-        match target.qualifier {
-            Qualifier::Latest if !name.contains(':') && !query.contains_key("Qualifier") => None,
-            _ => Some(target.spec.version_label.as_ref()),
-        },
+        target.explicit.then_some(qualifier_text.as_str()),
     );
     let trace_id = header(&headers, "x-amzn-trace-id")
         .map(str::to_owned)
@@ -157,7 +160,12 @@ pub(crate) async fn invoke(
         })?;
     let mut response = Response::new(Body::from(outcome.body));
     let h = response.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("application/json"));
+    let content_type = outcome
+        .content_type
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    h.insert("content-type", content_type);
     h.insert(
         "x-amz-executed-version",
         HeaderValue::from_str(&outcome.executed_version).expect("version labels are ASCII"),

@@ -87,6 +87,7 @@ impl Gateway {
             .route("/rampart/v1/functions/{name}/logs", get(manage::logs))
             .route("/rampart/v1/functions/{name}/stats", get(manage::stats))
             .fallback(|| async { ApiError::not_found("no such API path") })
+            .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .with_state(self.clone())
     }
 }

@@ -105,8 +105,10 @@ impl Registry {
         if current.is_some_and(|c| c.record.latest.version > deployed.record.latest.version) {
             return current.expect("checked above").clone();
         }
-        latest.insert(name, deployed.clone());
+        latest.insert(name.clone(), deployed.clone());
         drop(latest);
+        self.dispatcher
+            .set_concurrency(&name, deployed.spec.config.concurrency_limit());
         self.dispatcher.ensure_warm(deployed.spec.clone());
         deployed
     }
@@ -195,10 +197,10 @@ impl Registry {
         let record = self
             .store
             .update_function(name.to_string(), revision, now_ms(), move |v| {
-                change(v).map_err(rampart_store::Error::InvalidBundle)
+                change(v).map_err(rampart_store::Error::Rejected)
             })
             .await?;
-        self.dispatcher.retire_function(name.as_str());
+        self.dispatcher.retire_latest(name.as_str());
         Ok(self.publish(record))
     }
 

@@ -234,10 +234,13 @@ impl FunctionConfig {
                 ),
             ));
         }
-        if self.idle_timeout_secs == 0 {
+        if !(1..=MAX_IDLE_TIMEOUT_SECS).contains(&self.idle_timeout_secs) {
             return Err(ValidationError::new(
                 "IdleTimeout",
-                "idle_timeout must be at least 1 second",
+                format!(
+                    "idle_timeout {} is out of range: it must be 1 to {MAX_IDLE_TIMEOUT_SECS} seconds",
+                    self.idle_timeout_secs
+                ),
             ));
         }
         Ok(())
@@ -337,6 +340,9 @@ mod tests {
         let mut c = config();
         c.handler = "has space".into();
         assert_eq!(c.validate().unwrap_err().field, "Handler");
+        let mut c = config();
+        c.idle_timeout_secs = u64::MAX;
+        assert_eq!(c.validate().unwrap_err().field, "IdleTimeout");
     }
 
     #[test]

@@ -30,3 +30,5 @@ pub const MAX_MEMORY_MB: u32 = 10_240;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 /// Default cap on concurrent instances of one function when none is reserved.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
+/// Longest idle timeout, in seconds (a week: longer keeps idle processes for no benefit).
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 7 * 24 * 3600;

@@ -244,6 +244,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         force_rlimit: args.sandbox == "rlimit",
     };
+    let mut signals = server::Signals::install()?;
     let running = server::start(options).await?;
     if let Some(manifest) = &project {
         let client = Client::new(&format!("http://{}", running.addr))?;
@@ -262,7 +263,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
             .and_then(|()| out.flush())
             .context("printing the ready line")?;
     }
-    server::signal().await?;
+    signals.recv().await;
     running.stop();
     running.wait().await?;
     Ok(ExitCode::SUCCESS)
@@ -367,6 +368,7 @@ async fn logs(
     request: Option<String>,
 ) -> Result<ExitCode> {
     let client = Client::new(endpoint)?;
+    let mut signals = server::Signals::install()?;
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(since) = since {
         let from = jiff::Timestamp::now().as_millisecond() - since.as_millis() as i64;
@@ -402,7 +404,7 @@ async fn logs(
         }
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-            r = server::signal() => { r?; return Ok(ExitCode::SUCCESS); }
+            () = signals.recv() => return Ok(ExitCode::SUCCESS),
         }
     }
 }

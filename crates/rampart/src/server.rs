@@ -55,9 +55,29 @@ impl Running {
     }
 }
 
+/// Takes the data dir for this server alone: a second server on it would wipe the first one's
+/// instance temp dirs and race its bundle cleanup.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let path = data_dir.join("lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).with_context(
+        || {
+            format!(
+                "the data dir {} is in use by another rampart server",
+                data_dir.display()
+            )
+        },
+    )?;
+    Ok(file)
+}
+
 /// Opens everything, binds the listener and starts serving in the background.
 pub async fn start(options: Options) -> Result<Running> {
     let data_dir = options.data_dir.clone();
+    let lock = lock_data_dir(&data_dir)?;
     let store = Store::open(&data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let launcher = Launcher::prepare(&data_dir)
@@ -135,6 +155,7 @@ pub async fn start(options: Options) -> Result<Running> {
         tasks.close();
         tasks.wait().await;
         drop(gateway);
+        drop(lock);
         tracing::info!("stopped");
         Ok(())
     });
@@ -217,16 +238,33 @@ async fn flush(store: &Store, batch: &mut Vec<LogRecord>) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment this is made (the default would kill the
+/// process without draining).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts catching the signals.
+    pub fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Resolves when either arrives.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a signal that arrives meanwhile is kept for the next call.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }
 
 /// The one machine-readable line announcing the server is ready.

@@ -120,16 +120,50 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     response
 }
 
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge(RapiError),
+    Truncated(RapiError),
+}
+
+impl BodyError {
+    /// What the waiting caller gets instead of the response.
+    fn reply(&self) -> Reply {
+        match self {
+            Self::TooLarge(_) => Reply::TooLarge,
+            Self::Truncated(_) => Reply::Truncated,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        match self {
+            Self::TooLarge(e) | Self::Truncated(e) => e.into_response(),
+        }
+    }
+}
+
 /// Reads a response or error body, refusing one over the limit.
-async fn read_body(body: Body) -> Result<Bytes, RapiError> {
+async fn read_body(body: Body) -> Result<Bytes, BodyError> {
     axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
         .await
-        .map_err(|_| {
-            api_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                &format!("the body exceeds the maximum of {MAX_RESPONSE_BYTES} bytes"),
-            )
+        .map_err(|e| {
+            let source = e.into_inner();
+            if source
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                BodyError::TooLarge(api_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    &format!("the body exceeds the maximum of {MAX_RESPONSE_BYTES} bytes"),
+                ))
+            } else {
+                BodyError::Truncated(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "TruncatedHTTPRequest",
+                    &format!("the body could not be read whole: {source}"),
+                ))
+            }
         })
 }
 
@@ -179,7 +213,7 @@ async fn response(
             accepted()
         }
         Err(e) => {
-            let _ = reply.send(Reply::TooLarge);
+            let _ = reply.send(e.reply());
             e.into_response()
         }
     }
@@ -204,7 +238,7 @@ async fn error(
             accepted()
         }
         Err(e) => {
-            let _ = reply.send(Reply::TooLarge);
+            let _ = reply.send(e.reply());
             e.into_response()
         }
     }

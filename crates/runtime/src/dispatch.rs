@@ -60,7 +60,8 @@ type PoolKey = (Arc<str>, u64);
 
 /// All pools of one function, sharing its concurrency limit.
 struct FunctionPools {
-    limit: u32,
+    /// Reserved concurrency in force (the newest version's setting; see `set_concurrency`).
+    limit: Mutex<u32>,
     permits: Arc<Semaphore>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
@@ -177,10 +178,7 @@ impl Dispatcher {
             .collect();
         let now = Instant::now();
         for fp in functions {
-            let mut pools = fp.pools.lock().expect("pools lock");
-            pools.retain(|_, pool| {
-                !(pool.retired.load(Ordering::Relaxed) && pool.live.load(Ordering::Relaxed) == 0)
-            });
+            let pools = fp.pools.lock().expect("pools lock");
             for pool in pools.values() {
                 let min = pool.spec.config.min_instances as usize;
                 let idle_timeout = pool.spec.config.idle_timeout();
@@ -217,31 +215,49 @@ impl Dispatcher {
         pool.live.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         self.inner.tasks.spawn(async move {
+            let counted = Uncount(Some(pool.clone()));
             let instance = match this.spawn_instance(&pool).await {
-                Ok(i) => i,
+                Ok(i) => {
+                    counted.disarm();
+                    i
+                }
                 Err(e) => {
-                    pool.live.fetch_sub(1, Ordering::Relaxed);
-                    pool.init_failed(Bytes::from(e));
+                    drop(counted);
+                    pool.init_failed(error_body(
+                        "Runtime.InvalidEntrypoint",
+                        &format!("Error: {e}"),
+                    ));
                     return;
                 }
             };
             let mut status = instance.shared.status.subscribe();
-            let ready = tokio::time::timeout(
+            let outcome = tokio::time::timeout(
                 this.inner.settings.init_timeout,
                 status.wait_for(|s| !matches!(s, Status::Starting)),
             )
             .await
-            .map(|s| s.is_ok_and(|s| matches!(*s, Status::Ready)));
-            match ready {
-                Ok(true) => {
+            .map(|s| s.map(|s| s.clone()).unwrap_or(Status::Starting));
+            match outcome {
+                Ok(Status::Ready) if !pool.retired.load(Ordering::Relaxed) => {
                     *instance.init_duration.lock().expect("init lock") =
                         Some(instance.spawned_at.elapsed());
                     pool.init_succeeded();
                     *instance.last_used.lock().expect("last used lock") = Instant::now();
                     pool.idle.lock().expect("idle lock").insert(0, instance);
                 }
-                _ => {
-                    pool.init_failed(Bytes::from_static(b"pre-warm init failed"));
+                Ok(Status::Ready) => instance.terminate(),
+                failed => {
+                    let body = match failed {
+                        Ok(Status::InitFailed { body, .. }) => body,
+                        Ok(Status::Exited(info)) => exit_error("(pre-warm)", &info),
+                        _ => error_body(
+                            "Sandbox.Timedout",
+                            "Error: init timed out while pre-warming",
+                        ),
+                    };
+                    instance
+                        .platform_line("INIT_REPORT Phase: init\tStatus: error (pre-warm)".into());
+                    pool.init_failed(body);
                     instance.kill();
                 }
             }
@@ -301,19 +317,41 @@ impl Dispatcher {
     }
 
     fn function_pools(&self, spec: &FunctionSpec) -> Arc<FunctionPools> {
-        let limit = spec.config.concurrency_limit();
         let mut functions = self.inner.functions.lock().expect("functions lock");
-        let entry = functions
+        functions
             .entry(spec.name.clone())
-            .or_insert_with(|| new_function_pools(limit));
-        if entry.limit != limit {
-            // A new reservation: new permits; invocations holding old ones finish on those.
-            let pools = std::mem::take(&mut *entry.pools.lock().expect("pools lock"));
-            let fresh = new_function_pools(limit);
-            *fresh.pools.lock().expect("pools lock") = pools;
-            *entry = fresh;
+            .or_insert_with(|| new_function_pools(spec.config.concurrency_limit()))
+            .clone()
+    }
+
+    /// Sets a function's reserved concurrency (all its versions share it, as on Lambda).
+    /// Lowering it takes effect as running invocations end.
+    pub fn set_concurrency(&self, name: &str, limit: u32) {
+        let fp = {
+            let mut functions = self.inner.functions.lock().expect("functions lock");
+            functions
+                .entry(name.into())
+                .or_insert_with(|| new_function_pools(limit))
+                .clone()
+        };
+        let mut current = fp.limit.lock().expect("limit lock");
+        if limit > *current {
+            fp.permits.add_permits((limit - *current) as usize);
+        } else if limit < *current {
+            let excess = (*current - limit) as usize;
+            let forgotten = fp.permits.forget_permits(excess);
+            let rest = (excess - forgotten) as u32;
+            if rest > 0 {
+                // Permits in use now are retired as they come back.
+                let permits = fp.permits.clone();
+                self.inner.tasks.spawn(async move {
+                    if let Ok(p) = permits.acquire_many(rest).await {
+                        p.forget();
+                    }
+                });
+            }
         }
-        entry.clone()
+        *current = limit;
     }
 
     fn pool(&self, fp: &FunctionPools, spec: &Arc<FunctionSpec>) -> Arc<Pool> {
@@ -323,11 +361,13 @@ impl Dispatcher {
             return pool.clone();
         }
         // A newer version under the same label retires the older pools of that label.
-        for ((label, _), old) in pools.iter() {
-            if *label == spec.version_label {
+        pools.retain(|(label, _), old| {
+            let stale = *label == spec.version_label;
+            if stale {
                 retire(old);
             }
-        }
+            !stale
+        });
         let pool = Arc::new(Pool {
             spec: spec.clone(),
             idle: Mutex::default(),
@@ -347,20 +387,38 @@ impl Dispatcher {
         }
     }
 
-    /// Stops reusing every instance of a function (after an update or delete): idle ones end
-    /// now, busy ones when their invocation ends.
+    /// Stops reusing the `$LATEST` instances of a function after an update (idle ones end now,
+    /// busy ones when their invocation ends); numbered versions keep theirs.
+    pub fn retire_latest(&self, name: &str) {
+        self.retire_where(name, |label| label == "$LATEST", false);
+    }
+
+    /// Forgets a deleted function: every instance ends (busy ones when their invocation ends),
+    /// and a function created later under the same name starts afresh.
     pub fn retire_function(&self, name: &str) {
-        let fp = self
-            .inner
-            .functions
-            .lock()
-            .expect("functions lock")
-            .get(name)
-            .cloned();
-        if let Some(fp) = fp {
-            for pool in fp.pools.lock().expect("pools lock").values() {
-                retire(pool);
+        self.retire_where(name, |_| true, true);
+    }
+
+    fn retire_where(&self, name: &str, matches: impl Fn(&str) -> bool, forget: bool) {
+        let fp = {
+            let mut functions = self.inner.functions.lock().expect("functions lock");
+            if forget {
+                functions.remove(name)
+            } else {
+                functions.get(name).cloned()
             }
+        };
+        if let Some(fp) = fp {
+            fp.pools
+                .lock()
+                .expect("pools lock")
+                .retain(|(label, _), pool| {
+                    let stale = matches(label);
+                    if stale {
+                        retire(pool);
+                    }
+                    !stale
+                });
         }
     }
 
@@ -377,9 +435,10 @@ impl Dispatcher {
             return PoolStats::default();
         };
         let pools = fp.pools.lock().expect("pools lock");
+        let limit = *fp.limit.lock().expect("limit lock");
         let mut stats = PoolStats {
-            limit: fp.limit,
-            busy: fp.limit as usize - fp.permits.available_permits(),
+            limit,
+            busy: (limit as usize).saturating_sub(fp.permits.available_permits()),
             ..PoolStats::default()
         };
         for pool in pools.values() {
@@ -436,13 +495,16 @@ impl Dispatcher {
             let instance = match pool.pop_idle() {
                 Some(instance) => instance,
                 None => {
+                    // Counted from now; the instance's exit uncounts it once it exists, the guard
+                    // if starting fails or this future is dropped first.
                     pool.live.fetch_add(1, Ordering::Relaxed);
+                    let counted = Uncount(Some(pool.clone()));
                     match self.spawn_instance(&pool).await {
-                        Ok(instance) => instance,
-                        Err(message) => {
-                            pool.live.fetch_sub(1, Ordering::Relaxed);
-                            return Ok(pending.entrypoint_failed(&message));
+                        Ok(instance) => {
+                            counted.disarm();
+                            instance
                         }
+                        Err(message) => return Ok(pending.entrypoint_failed(&message)),
                     }
                 }
             };
@@ -502,7 +564,7 @@ impl Dispatcher {
             .cloned()
             .collect();
         tracing::info!(count = instances.len(), "stopping instances");
-        self.inner.processes.close_slots();
+        self.inner.processes.close_slots().await;
         for instance in &instances {
             instance.terminate();
         }
@@ -514,12 +576,14 @@ impl Dispatcher {
         {
             tracing::warn!("some instance tasks did not end in time");
         }
+        let sandbox = self.inner.settings.sandbox.clone();
+        let _ = tokio::task::spawn_blocking(move || sandbox.cleanup()).await;
     }
 }
 
 fn new_function_pools(limit: u32) -> Arc<FunctionPools> {
     Arc::new(FunctionPools {
-        limit,
+        limit: Mutex::new(limit),
         permits: Arc::new(Semaphore::new(limit as usize)),
         pools: Mutex::default(),
     })
@@ -530,6 +594,23 @@ fn retire(pool: &Pool) {
     let idle = std::mem::take(&mut *pool.idle.lock().expect("idle lock"));
     for instance in idle {
         instance.terminate();
+    }
+}
+
+/// Takes an instance that never came to exist off its pool's count.
+struct Uncount(Option<Arc<Pool>>);
+
+impl Uncount {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Uncount {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.live.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -686,6 +767,10 @@ impl PendingInvocation {
             reply = reply_rx => match reply {
                 Ok(Reply::Response { body, content_type }) => (body, content_type, false),
                 Ok(Reply::Error { body, error_type }) => (error_or_header(body, error_type), None, true),
+                Ok(Reply::Truncated) => (error_body(
+                    "Runtime.TruncatedResponse",
+                    &format!("RequestId: {id} Error: the runtime's response was cut off"),
+                ), None, true),
                 Ok(Reply::TooLarge) => (error_body(
                     "Function.ResponseSizeTooLarge",
                     &format!("Response payload size exceeded maximum allowed payload size ({} bytes).", rampart_model::MAX_RESPONSE_BYTES),

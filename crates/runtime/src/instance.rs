@@ -46,6 +46,8 @@ pub(crate) enum Reply {
     },
     /// The response or error body exceeded the limit.
     TooLarge,
+    /// The response or error body broke off before its end.
+    Truncated,
 }
 
 /// How a process ended.
@@ -321,12 +323,20 @@ impl Instance {
             monitor_shared
                 .status
                 .send_replace(Status::Exited(ExitInfo { description, oom }));
-            for reader in readers {
-                let _ = reader.await;
+            // A descendant that escaped the kill (setsid, no cgroup) may hold the pipes open:
+            // stop reading after a moment rather than wait for it.
+            for mut reader in readers {
+                if tokio::time::timeout(Duration::from_secs(1), &mut reader)
+                    .await
+                    .is_err()
+                {
+                    reader.abort();
+                }
             }
             server_stop.cancel();
             if let Some(c) = monitor_cgroup {
-                c.remove();
+                // rmdir on a cgroup v1 hierarchy can wait for an RCU grace period.
+                let _ = tokio::task::spawn_blocking(move || c.remove()).await;
             }
             let _ = tokio::fs::remove_dir_all(&tmp_dir).await;
             on_exit();

@@ -26,6 +26,30 @@ pub enum Sandbox {
     Rlimit,
 }
 
+/// Removes what servers that are gone left under `parent` (their instances died with them, so
+/// the cgroups are empty).
+fn sweep(parent: &Path) {
+    for server in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = server.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_pid = name.bytes().all(|b| b.is_ascii_digit());
+        if !is_pid {
+            // Left by an older layout that put instances directly here.
+            let _ = fs::remove_dir(server.path());
+            continue;
+        }
+        if Path::new("/proc").join(name).exists() {
+            continue;
+        }
+        for cgroup in fs::read_dir(server.path()).into_iter().flatten().flatten() {
+            if cgroup.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir(cgroup.path());
+            }
+        }
+        let _ = fs::remove_dir(server.path());
+    }
+}
+
 /// One instance's cgroup.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -66,21 +90,41 @@ impl Sandbox {
         }
         // A v2 process cannot sit in an inner cgroup with controllers enabled below it, so the
         // instances' parent is a sibling leaf of ours.
+        // Each server keeps its instances under rampart/<its pid>, so servers sharing a
+        // hierarchy never touch each other's cgroups.
+        let own = std::process::id().to_string();
         if let Some(dir) = v2 {
-            let base = dir.join("rampart");
-            if fs::create_dir_all(&base).is_ok()
-                && fs::write(base.join("cgroup.subtree_control"), "+memory").is_ok()
-            {
+            let parent = dir.join("rampart");
+            let base = parent.join(&own);
+            let enabled = fs::create_dir_all(&base).is_ok()
+                && fs::write(parent.join("cgroup.subtree_control"), "+memory").is_ok()
+                && fs::write(base.join("cgroup.subtree_control"), "+memory").is_ok();
+            if enabled {
+                sweep(&parent);
                 return Self::V2 { base };
             }
         }
         if let Some(dir) = v1_memory {
-            let base = dir.join("rampart");
+            let parent = dir.join("rampart");
+            let base = parent.join(&own);
             if fs::create_dir_all(&base).is_ok() && base.join("memory.limit_in_bytes").exists() {
+                sweep(&parent);
                 return Self::V1 { base };
             }
         }
         Self::Rlimit
+    }
+
+    /// Removes this server's cgroups (at shutdown, once its instances are gone).
+    pub fn cleanup(&self) {
+        if let Self::V1 { base } | Self::V2 { base } = self {
+            for cgroup in fs::read_dir(base).into_iter().flatten().flatten() {
+                if cgroup.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = fs::remove_dir(cgroup.path());
+                }
+            }
+            let _ = fs::remove_dir(base);
+        }
     }
 
     /// A short name for logs.

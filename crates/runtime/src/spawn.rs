@@ -71,6 +71,8 @@ struct Slots {
     stub: PathBuf,
     ready: Mutex<VecDeque<Slot>>,
     filling: AtomicBool,
+    /// Set at shutdown: no more refills.
+    closed: AtomicBool,
 }
 
 impl Processes {
@@ -95,6 +97,7 @@ impl Processes {
                     stub,
                     ready: Mutex::default(),
                     filling: AtomicBool::new(false),
+                    closed: AtomicBool::new(false),
                 })
             });
         Ok(Self {
@@ -116,14 +119,17 @@ impl Processes {
     /// Keeps the slots topped up, in the background.
     pub(crate) fn refill(self: &Arc<Self>, tracker: &TaskTracker) {
         let Some(slots) = &self.slots else { return };
-        if slots.filling.swap(true, Ordering::AcqRel) {
+        if slots.closed.load(Ordering::Acquire) || slots.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tracker.spawn(async move {
             let slots = this.slots.as_ref().expect("checked above");
-            while slots.ready.lock().expect("slots lock").len() < SLOTS {
+            while slots.ready.lock().expect("slots lock").len() < SLOTS
+                && !slots.closed.load(Ordering::Acquire)
+            {
                 match this.new_slot(slots).await {
+                    Ok(slot) if slots.closed.load(Ordering::Acquire) => discard(slot).await,
                     Ok(slot) => slots.ready.lock().expect("slots lock").push_back(slot),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not prepare a sandbox slot");
@@ -161,15 +167,13 @@ impl Processes {
         }
     }
 
-    /// Ends every parked slot (at shutdown).
-    pub(crate) fn close_slots(&self) {
+    /// Ends every parked slot and stops refilling (at shutdown).
+    pub(crate) async fn close_slots(&self) {
         if let Some(slots) = &self.slots {
+            slots.closed.store(true, Ordering::Release);
             let parked: Vec<Slot> = slots.ready.lock().expect("slots lock").drain(..).collect();
-            for mut slot in parked {
-                let _ = slot.child.start_kill();
-                slot.cgroup.kill_all();
-                // Reaped by tokio's orphan reaper; the empty cgroup is removed when it can be.
-                slot.cgroup.remove();
+            for slot in parked {
+                discard(slot).await;
             }
         }
     }
@@ -229,31 +233,36 @@ impl Processes {
     }
 }
 
+/// Kills a slot's stub, reaps it, and removes its cgroup.
+async fn discard(mut slot: Slot) {
+    let _ = slot.child.start_kill();
+    slot.cgroup.kill_all();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), slot.child.wait()).await;
+    let cgroup = slot.cgroup;
+    let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+}
+
 /// Gives a parked stub its limit and the program to exec.
 async fn hand_off(
     mut slot: Slot,
     spec: &ProcessSpec,
 ) -> Result<(Child, Option<Arc<Cgroup>>), String> {
-    let discard = |slot: &mut Slot| {
-        let _ = slot.child.start_kill();
-        slot.cgroup.kill_all();
-    };
     if !matches!(slot.child.try_wait(), Ok(None)) {
-        slot.cgroup.remove();
+        discard(slot).await;
         return Err("the stub is gone".into());
     }
     if let Err(e) = slot.cgroup.set_limit(spec.memory_mb) {
-        discard(&mut slot);
+        discard(slot).await;
         return Err(format!("setting the memory limit: {e}"));
     }
     let request = serde_json::to_vec(&spec.exec).expect("exec requests serialize");
     let Some(mut stdin) = slot.child.stdin.take() else {
-        discard(&mut slot);
+        discard(slot).await;
         return Err("the stub has no stdin".into());
     };
     // Closing stdin (drop) tells the stub the request is complete.
     if let Err(e) = stdin.write_all(&request).await {
-        discard(&mut slot);
+        discard(slot).await;
         return Err(format!("sending the exec request: {e}"));
     }
     drop(stdin);

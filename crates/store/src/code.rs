@@ -70,6 +70,10 @@ impl CodeStore {
         if dir.join("task").is_dir() {
             return Ok(bundle);
         }
+        if dir.exists() {
+            // A damaged bundle (its task/ lost): rebuild it whole.
+            remove_tree(&dir);
+        }
         fs::create_dir_all(&self.root).map_err(io_err("creating the code directory"))?;
         let tmp = self
             .root

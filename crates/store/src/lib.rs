@@ -39,6 +39,9 @@ pub enum Error {
     /// A deployment package was refused; the message names the problem.
     #[error("{0}")]
     InvalidBundle(String),
+    /// The caller's change to a version was refused by its own checks; the message says why.
+    #[error("{0}")]
+    Rejected(String),
     /// A function with this name exists already.
     #[error("function already exists: {name}")]
     FunctionExists {

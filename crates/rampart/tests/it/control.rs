@@ -94,8 +94,9 @@ async fn functions_are_created_read_updated_listed_and_deleted() {
         "InvalidParameterValueException"
     );
 
-    // New code is served at once; version 1 keeps the old code.
+    // New code is served at once; version 1 keeps the old code (and its warm instance).
     assert_eq!(server.invoke("f1", "{}").await.json(), json!("v1"));
+    let pinned = "import os\ndef handler(e, c):\n    return os.getpid()\n";
     let r = put(
         "/2015-03-31/functions/f1/code",
         json!({"ZipFile": b64(&zip_of(&[("app.py", V2)]))}),
@@ -107,6 +108,37 @@ async fn functions_are_created_read_updated_listed_and_deleted() {
     let old = server.invoke("f1:1", "{}").await;
     assert_eq!(old.json(), json!("v1"));
     assert_eq!(old.header("x-amz-executed-version"), Some("1"));
+    // Updating $LATEST keeps version 1's warm instance.
+    let zip_pid = b64(&zip_of(&[("app.py", pinned)]));
+    server
+        .deploy(
+            "pinned",
+            "python3.12",
+            "app.handler",
+            &[("app.py", pinned)],
+            json!({}),
+        )
+        .await;
+    let before = server.invoke("pinned:1", "{}").await.json();
+    let r = put(
+        "/2015-03-31/functions/pinned/code",
+        json!({"ZipFile": zip_pid.clone(), "RevisionId": null}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = put(
+        "/2015-03-31/functions/pinned/configuration",
+        json!({"Timeout": 5}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        server.invoke("pinned:1", "{}").await.json(),
+        before,
+        "version 1 stayed warm"
+    );
     let by_query = |name: &str| {
         server
             .http

@@ -55,7 +55,6 @@ async fn init_errors_are_reported_and_crash_loops_back_off() {
             r.text()
         );
     }
-    let spawned = server.log().matches("INIT_REPORT").count();
     // Past three failures the pool backs off: the next call fails fast with the same error
     // and starts no process.
     let started = std::time::Instant::now();
@@ -66,16 +65,26 @@ async fn init_errors_are_reported_and_crash_loops_back_off() {
         "{:?}",
         started.elapsed()
     );
-    let lines = server.log_lines("broken").await;
-    let init_reports = lines
-        .iter()
-        .filter(|l| l["line"].as_str().unwrap().starts_with("INIT_REPORT"))
-        .count();
+    let init_reports = || async {
+        let lines = server.log_lines("broken").await;
+        lines
+            .iter()
+            .filter(|l| l["line"].as_str().unwrap().starts_with("INIT_REPORT"))
+            .count()
+    };
+    server
+        .eventually(
+            "three INIT_REPORT lines stored",
+            Duration::from_secs(5),
+            || async { init_reports().await >= 3 },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        init_reports, 3,
+        init_reports().await,
+        3,
         "one INIT_REPORT per failed start, none during backoff"
     );
-    let _ = spawned;
     // A missing handler attribute and a bad handler name are init errors too.
     server
         .deploy(
@@ -276,6 +285,30 @@ async fn full_pool_throttles_with_429() {
     assert_eq!(v["message"], "Rate Exceeded.");
     // Free again afterwards.
     assert_eq!(server.invoke("narrow", "{}").await.status, 200);
+    // Raising the reservation takes effect at once; null removes it.
+    let set = |v: serde_json::Value| {
+        server
+            .http
+            .put(server.url("/2015-03-31/functions/narrow/configuration"))
+            .json(&json!({"ReservedConcurrentExecutions": v}))
+            .send()
+    };
+    assert_eq!(set(json!(2)).await.unwrap().status(), 200);
+    let (a, b) = tokio::join!(
+        server.invoke("narrow", r#"{"sleep": 0.5}"#),
+        server.invoke("narrow", r#"{"sleep": 0.5}"#)
+    );
+    assert_eq!((a.status, b.status), (200, 200));
+    let cleared: serde_json::Value = set(serde_json::Value::Null)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cleared["ReservedConcurrentExecutions"],
+        serde_json::Value::Null
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,12 @@ async fn context_and_environment_are_lambdas_and_nothing_of_the_server() {
         "the server's environment leaked"
     );
     assert_eq!(v["cwd"], env["LAMBDA_TASK_ROOT"]);
+    // Addressed with a qualifier, the invoked ARN carries it.
+    let qualified = server.invoke("ctx:%24LATEST", "{}").await.json();
+    assert_eq!(
+        qualified["invoked_function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:ctx:$LATEST"
+    );
     // Each instance has its own temp dir.
     let tmp = env["TMPDIR"].as_str().unwrap();
     assert!(
