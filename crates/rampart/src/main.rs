@@ -60,6 +60,9 @@ struct ServeArgs {
     /// At most this many log lines are kept per function.
     #[arg(long, env = "RAMPART_LOG_MAX_LINES", default_value_t = 100_000)]
     log_max_lines: usize,
+    /// Longest init of an instance before it goes on inside the invocation (Lambda: 10 s).
+    #[arg(long, env = "RAMPART_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    init_timeout: std::time::Duration,
     /// Memory limits: `auto` uses a cgroup (v2, else v1) when one is writable, else setrlimit;
     /// `rlimit` always uses setrlimit.
     #[arg(long, env = "RAMPART_SANDBOX", default_value = "auto", value_parser = ["auto", "rlimit"])]
@@ -243,6 +246,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         log_max_lines: args.log_max_lines,
         drain_timeout: args.drain_timeout,
         force_rlimit: args.sandbox == "rlimit",
+        init_timeout: args.init_timeout,
     };
     let mut signals = server::Signals::install()?;
     let running = server::start(options).await?;

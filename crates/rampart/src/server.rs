@@ -33,6 +33,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Enforce memory with setrlimit even where a cgroup is available.
     pub force_rlimit: bool,
+    /// Longest init before it continues inside the invocation.
+    pub init_timeout: Duration,
 }
 
 /// A server that is listening.
@@ -103,7 +105,7 @@ pub async fn start(options: Options) -> Result<Running> {
         sandbox,
         log_sink: log_tx,
         queue_wait: options.queue_wait,
-        init_timeout: Duration::from_secs(10),
+        init_timeout: options.init_timeout,
         kill_grace: Duration::from_millis(500),
         stub: std::env::current_exe().ok(),
     })

@@ -688,13 +688,29 @@ impl PendingInvocation {
             tail: self.request.tail.then(String::new),
         });
         let mut status = instance.shared.status.subscribe();
+        let timeout = spec.config.timeout();
+        // The invocation's own time; an init that overran its 10 s spends part of it.
+        let mut budget = timeout;
         if cold {
-            let waited = tokio::time::timeout(
-                settings.init_timeout,
-                status.wait_for(|s| !matches!(s, Status::Starting)),
-            )
-            .await
-            .map(|s| s.map(|s| s.clone()).unwrap_or(Status::Starting));
+            let init_done = |s: &Status| !matches!(s, Status::Starting);
+            let mut waited =
+                tokio::time::timeout(settings.init_timeout, status.wait_for(init_done))
+                    .await
+                    .map(|s| s.map(|s| s.clone()).unwrap_or(Status::Starting));
+            if waited.is_err() {
+                // As on Lambda, an init past its limit goes on inside the invocation, counted
+                // against the function's timeout (Rampart lets the same process finish its init
+                // rather than starting it over).
+                instance.platform_line(format!(
+                    "INIT_REPORT Init Duration: {:.2} ms\tPhase: init\tStatus: timeout",
+                    ms(settings.init_timeout)
+                ));
+                let phase = Instant::now();
+                waited = tokio::time::timeout(timeout, status.wait_for(init_done))
+                    .await
+                    .map(|s| s.map(|s| s.clone()).unwrap_or(Status::Starting));
+                budget = timeout.saturating_sub(phase.elapsed());
+            }
             let init_ms = ms(instance.spawned_at.elapsed());
             let failure = match waited {
                 Ok(Status::Ready) => {
@@ -722,8 +738,8 @@ impl PendingInvocation {
                     error_body(
                         "Sandbox.Timedout",
                         &format!(
-                            "RequestId: {id} Error: Init timed out after {:.2} seconds",
-                            settings.init_timeout.as_secs_f64()
+                            "RequestId: {id} Error: Task timed out after {:.2} seconds",
+                            timeout.as_secs_f64()
                         ),
                     ),
                     "Sandbox.Timedout".to_owned(),
@@ -746,13 +762,12 @@ impl PendingInvocation {
             "START RequestId: {id} Version: {}",
             spec.version_label
         ));
-        let timeout = spec.config.timeout();
         let started = Instant::now();
         let (reply_tx, reply_rx) = oneshot::channel();
         let event = Event {
             request_id: id.clone(),
             payload: self.request.payload.clone(),
-            deadline_ms: now_ms() + timeout.as_millis() as i64,
+            deadline_ms: now_ms() + budget.as_millis() as i64,
             invoked_arn: self.request.invoked_arn.clone(),
             trace_id: self.request.trace_id.clone(),
             client_context: self.request.client_context.clone(),
@@ -761,7 +776,7 @@ impl PendingInvocation {
         if instance.events.send(event).await.is_err() {
             instance.kill();
         }
-        let deadline = started + timeout;
+        let deadline = started + budget;
         let (body, content_type, function_error) = tokio::select! {
             biased;
             reply = reply_rx => match reply {

@@ -185,6 +185,53 @@ def handler(event, context):
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_init_goes_on_inside_the_invocation_within_its_timeout() {
+    let server = Server::start_with(&["--init-timeout", "500ms"], &[]);
+    let slow = |secs: f64| {
+        format!(
+            "import time\ntime.sleep({secs})\ndef handler(e, c):\n    return c.get_remaining_time_in_millis()\n"
+        )
+    };
+    // Init takes 1 s: past the init limit, inside the 3 s timeout.
+    server
+        .deploy(
+            "slowinit",
+            "python3.12",
+            "app.handler",
+            &[("app.py", &slow(1.0))],
+            json!({"Timeout": 3}),
+        )
+        .await;
+    let r = server
+        .invoke_with("slowinit", "{}", &[("X-Amz-Log-Type", "Tail")])
+        .await;
+    assert_eq!(r.header("x-amz-function-error"), None, "{}", r.text());
+    let remaining = r.json().as_i64().unwrap();
+    assert!(
+        remaining < 2700,
+        "the overrun counts against the timeout: {remaining} ms left"
+    );
+    let tail = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        r.header("x-amz-log-result").unwrap(),
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&tail).contains("Phase: init\tStatus: timeout"));
+    // Init longer than limit plus timeout: the invocation times out.
+    server
+        .deploy(
+            "neverinit",
+            "python3.12",
+            "app.handler",
+            &[("app.py", &slow(30.0))],
+            json!({"Timeout": 1}),
+        )
+        .await;
+    let r = server.invoke("neverinit", "{}").await;
+    assert_eq!(r.json()["errorType"], "Sandbox.Timedout", "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_is_an_exit_error_and_is_replaced() {
     let server = Server::start();
     let code = r#"
