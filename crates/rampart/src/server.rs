@@ -57,29 +57,43 @@ impl Running {
     }
 }
 
+/// How long a new server waits for the lock: a killed server's child caught between fork and
+/// exec holds the lock file open for a moment after the server is gone.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Takes the data dir for this server alone: a second server on it would wipe the first one's
 /// instance temp dirs and race its bundle cleanup.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(data_dir)
+async fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    tokio::fs::create_dir_all(data_dir)
+        .await
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
     let path = data_dir.join("lock");
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).with_context(
-        || {
-            format!(
-                "the data dir {} is in use by another rampart server",
-                data_dir.display()
-            )
-        },
-    )?;
-    Ok(file)
+    let file = tokio::fs::File::create(&path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?
+        .into_std()
+        .await;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(std::io::Error::from(e)).context(format!(
+                    "the data dir {} is in use by another rampart server",
+                    data_dir.display()
+                )));
+            }
+        }
+    }
 }
 
 /// Opens everything, binds the listener and starts serving in the background.
 pub async fn start(options: Options) -> Result<Running> {
     let data_dir = options.data_dir.clone();
-    let lock = lock_data_dir(&data_dir)?;
+    let lock = lock_data_dir(&data_dir).await?;
     let store = Store::open(&data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let launcher = Launcher::prepare(&data_dir)

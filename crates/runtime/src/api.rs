@@ -183,6 +183,29 @@ fn take_reply(shared: &Shared, id: &str) -> Result<tokio::sync::oneshot::Sender<
     }
 }
 
+/// Checks `id`, reads the body, and hands the caller what `reply_with` makes of it.
+async fn answer(
+    shared: &Shared,
+    id: &str,
+    body: Body,
+    reply_with: impl FnOnce(Bytes) -> Reply,
+) -> Response {
+    let reply = match take_reply(shared, id) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match read_body(body).await {
+        Ok(body) => {
+            let _ = reply.send(reply_with(body));
+            accepted()
+        }
+        Err(e) => {
+            let _ = reply.send(e.reply());
+            e.into_response()
+        }
+    }
+}
+
 async fn response(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -199,24 +222,15 @@ async fn response(
         )
         .into_response();
     }
-    let reply = match take_reply(&shared, &id) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    match read_body(body).await {
-        Ok(body) => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let _ = reply.send(Reply::Response { body, content_type });
-            accepted()
-        }
-        Err(e) => {
-            let _ = reply.send(e.reply());
-            e.into_response()
-        }
-    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    answer(&shared, &id, body, |body| Reply::Response {
+        body,
+        content_type,
+    })
+    .await
 }
 
 async fn error(
@@ -225,23 +239,8 @@ async fn error(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let reply = match take_reply(&shared, &id) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    match read_body(body).await {
-        Ok(body) => {
-            let _ = reply.send(Reply::Error {
-                body,
-                error_type: error_type(&headers),
-            });
-            accepted()
-        }
-        Err(e) => {
-            let _ = reply.send(e.reply());
-            e.into_response()
-        }
-    }
+    let error_type = error_type(&headers);
+    answer(&shared, &id, body, |body| Reply::Error { body, error_type }).await
 }
 
 fn error_type(headers: &HeaderMap) -> Option<String> {

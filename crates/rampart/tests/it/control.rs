@@ -189,6 +189,24 @@ async fn functions_are_created_read_updated_listed_and_deleted() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(server.invoke("f1", "{}").await.status, 404);
+    // A function created again under the name runs its own code, not the deleted one's.
+    server
+        .deploy(
+            "f1",
+            "python3.12",
+            "app.handler",
+            &[("app.py", pinned)],
+            json!({}),
+        )
+        .await;
+    assert!(server.invoke("f1", "{}").await.json().is_i64());
+    let r = server
+        .http
+        .delete(server.url("/2015-03-31/functions/f1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     let (status, _) = server.get_json("/2015-03-31/functions/f1").await;
     assert_eq!(status, 404);
     let r = server

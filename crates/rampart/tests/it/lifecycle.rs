@@ -12,6 +12,14 @@ const PID: &str = "import os, time\ndef handler(e, c):\n    time.sleep(e.get('sl
 async fn deploys_survive_kill_9_and_instances_die_with_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), &[], &[]);
+    // A second server on the same data dir is refused before it touches anything.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another rampart server"));
     server
         .deploy(
             "durable",
