@@ -172,6 +172,8 @@ pub(crate) struct Instance {
     pub invocations: AtomicU64,
     pub init_duration: Mutex<Option<Duration>>,
     pid: Pid,
+    /// Readable once the process has exited (before the monitor has noticed).
+    pidfd: Option<OwnedFd>,
     cgroup: Option<Arc<Cgroup>>,
     /// Ask the monitor to SIGKILL the instance.
     kill: CancellationToken,
@@ -342,6 +344,7 @@ impl Instance {
             on_exit();
         });
 
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
         tracing::debug!(instance = %id, function = %spec.name, took = ?begun.elapsed(), "instance started");
         Ok(Arc::new(Self {
             id,
@@ -352,6 +355,7 @@ impl Instance {
             invocations: AtomicU64::new(0),
             init_duration: Mutex::new(None),
             pid,
+            pidfd,
             cgroup,
             kill,
             terminate,
@@ -375,6 +379,20 @@ impl Instance {
         !self.kill.is_cancelled()
             && !self.terminate.is_cancelled()
             && matches!(*self.shared.status.borrow(), Status::Ready)
+            && !self.has_exited()
+    }
+
+    /// Asks the kernel (one non-blocking poll) whether the process has exited, ahead of the
+    /// monitor: an instance that died while idle is not handed an event.
+    fn has_exited(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let Some(fd) = &self.pidfd else { return false };
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0)
     }
 
     /// Writes a platform line (START, END, REPORT...) into the instance's log.

@@ -175,6 +175,13 @@ async fn min_instances_are_kept_warm_and_idle_ones_reclaimed() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
+    // Reaped means the server's monitor has seen the exit.
+    let proc_dir = format!("/proc/{survivor}");
+    server
+        .eventually_static("the killed instance reaped", Duration::from_secs(5), || {
+            !std::path::Path::new(&proc_dir).exists()
+        })
+        .await;
     server
         .eventually(
             "the warm pool refilled",
