@@ -27,6 +27,10 @@ pub struct Registry {
     dispatcher: Dispatcher,
     latest: RwLock<HashMap<String, Arc<Deployed>>>,
     versions: RwLock<HashMap<(String, u64), Arc<FunctionSpec>>>,
+    /// Serialises changes (store commit plus cache update), so a delete and an update of the
+    /// same function cannot interleave and leave the cache disagreeing with the store.
+    /// Deploys are rare; one lock for all functions keeps it simple.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -46,6 +50,7 @@ impl Registry {
             dispatcher,
             latest: RwLock::default(),
             versions: RwLock::default(),
+            changes: tokio::sync::Mutex::new(()),
         };
         let mut after = None;
         loop {
@@ -167,6 +172,7 @@ impl Registry {
         config: FunctionConfig,
         bundle: &CodeBundle,
     ) -> Result<Arc<Deployed>, ApiError> {
+        let _changing = self.changes.lock().await;
         let record = self
             .store
             .create_function(
@@ -194,6 +200,7 @@ impl Registry {
     where
         F: FnOnce(&mut VersionRecord) -> Result<(), String> + Send + 'static,
     {
+        let _changing = self.changes.lock().await;
         let record = self
             .store
             .update_function(name.to_string(), revision, now_ms(), move |v| {
@@ -209,6 +216,7 @@ impl Registry {
     /// # Errors
     /// `ResourceNotFoundException`.
     pub async fn delete(&self, name: &FunctionName) -> Result<(), ApiError> {
+        let _changing = self.changes.lock().await;
         self.store.delete_function(name.as_str()).await?;
         self.latest
             .write()
