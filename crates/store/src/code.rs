@@ -435,4 +435,85 @@ mod tests {
         let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
         assert!(refused(&zip_of(&entries)).contains("entries"));
     }
+
+    /// One zip entry as the property test generates it.
+    #[derive(Debug, Clone)]
+    enum Entry {
+        File(String),
+        Dir(String),
+        Symlink(String, String),
+    }
+
+    fn path_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("".to_string()),
+            Just("/".to_string()),
+            Just("c:".to_string()),
+        ];
+        proptest::collection::vec(part, 1..5).prop_map(|parts| parts.join("/"))
+    }
+
+    fn entry_strategy() -> impl proptest::strategy::Strategy<Value = Entry> {
+        use proptest::prelude::*;
+        prop_oneof![
+            path_strategy().prop_map(Entry::File),
+            path_strategy().prop_map(Entry::Dir),
+            (path_strategy(), path_strategy()).prop_map(|(a, b)| Entry::Symlink(a, b)),
+        ]
+    }
+
+    /// Every path under `dir`, with symlinks resolved, stays inside `dir`.
+    fn all_inside(dir: &Path, root: &Path) -> bool {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return true;
+        };
+        entries.flatten().all(|e| {
+            let path = e.path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                // A dangling link is harmless; a resolved one must land inside.
+                return fs::canonicalize(&path).map_or(true, |real| real.starts_with(root));
+            }
+            !meta.is_dir() || all_inside(&path, root)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #[test]
+        fn extraction_never_writes_outside_the_bundle(entries in proptest::collection::vec(entry_strategy(), 1..6)) {
+            let outer = tempfile::tempdir().unwrap();
+            let data = outer.path().join("data");
+            let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+            for e in &entries {
+                // The writer refuses some names itself; those entries are simply absent.
+                let _ = match e {
+                    Entry::File(p) => w.start_file(p.as_str(), SimpleFileOptions::default()).map(|()| { let _ = w.write_all(b"x"); }),
+                    Entry::Dir(p) => w.add_directory(p.as_str(), SimpleFileOptions::default()),
+                    Entry::Symlink(p, t) => w.add_symlink(p.as_str(), t.as_str(), SimpleFileOptions::default()),
+                };
+            }
+            let zip = w.finish().unwrap().into_inner();
+            let result = CodeStore::new(&data).install(&zip);
+            // Nothing but the data dir appeared next to it.
+            let names: Vec<_> = fs::read_dir(outer.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+            proptest::prop_assert_eq!(names, vec![std::ffi::OsString::from("data")]);
+            match result {
+                Ok(bundle) => {
+                    let root = fs::canonicalize(&bundle.task_root).unwrap();
+                    proptest::prop_assert!(all_inside(&root, &root));
+                }
+                Err(Error::InvalidBundle(_)) => {
+                    let left: Vec<_> = fs::read_dir(data.join("code")).map(|d| d.flatten().collect()).unwrap_or_default();
+                    proptest::prop_assert!(left.is_empty(), "left behind: {:?}", left);
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other:?}"),
+            }
+        }
+    }
 }

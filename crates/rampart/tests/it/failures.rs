@@ -135,7 +135,7 @@ def handler(event, context):
     let first = server.invoke("slow", "{}").await.json()["pid"]
         .as_i64()
         .unwrap() as i32;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let r = server.invoke("slow", r#"{"hang": true}"#).await;
     let took = started.elapsed();
     assert!(

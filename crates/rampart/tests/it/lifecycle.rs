@@ -100,13 +100,13 @@ async fn sigterm_drains_in_flight_refuses_new_and_stops_instances() {
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200, "in-flight invocation finished: {body}");
     let busy_pid = body["pid"].as_i64().unwrap() as i32;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let exit = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "server did not exit after SIGTERM"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

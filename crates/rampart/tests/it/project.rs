@@ -139,8 +139,8 @@ async fn logs_follow_prints_new_lines_as_they_come() {
         }
     });
     let wait_for = |needle: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
             if let Ok(line) = rx.recv_timeout(left)
                 && line.contains(needle)
             {
