@@ -197,6 +197,17 @@ fn invalid(msg: String) -> Error {
     Error::InvalidBundle(msg)
 }
 
+/// An entry that collides with an earlier one (a file where a directory is needed, or the
+/// reverse) is the zip's fault; anything else is the disk's.
+fn entry_err(name: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => invalid(format!(
+            "zip entry '{name}' could not be created: it collides with an earlier entry ({e})"
+        )),
+        _ => io_err(format!("unpacking zip entry {name}"))(e),
+    }
+}
+
 /// Unpacks `zip` into the empty directory `dest`, refusing anything that could write outside it
 /// or exceed Lambda's limits.
 fn extract(zip: &[u8], dest: &Path) -> Result<()> {
@@ -236,11 +247,11 @@ fn extract(zip: &[u8], dest: &Path) -> Result<()> {
         let target = dest.join(&rel);
         check_no_symlink_ancestor(dest, &rel, &name)?;
         if entry.is_dir() {
-            fs::create_dir_all(&target).map_err(io_err(format!("creating {name}")))?;
+            fs::create_dir_all(&target).map_err(entry_err(&name))?;
             continue;
         }
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io_err(format!("creating the parent of {name}")))?;
+            fs::create_dir_all(parent).map_err(entry_err(&name))?;
         }
         if entry.is_symlink() {
             let mut link = String::new();
