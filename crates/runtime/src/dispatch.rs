@@ -185,6 +185,14 @@ impl Dispatcher {
                 let mut live = pool.live.load(Ordering::Relaxed);
                 {
                     let mut idle = pool.idle.lock().expect("idle lock");
+                    // Instances that died while idle leave the pool now, not when next picked.
+                    idle.retain(|instance| {
+                        let healthy = instance.is_healthy();
+                        if !healthy {
+                            instance.kill();
+                        }
+                        healthy
+                    });
                     // Oldest first; keep min_instances alive.
                     while let Some(oldest) = idle.first() {
                         let expired =
