@@ -456,3 +456,61 @@ pub(crate) async fn delete_function(
     gateway.registry.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ConcurrencyInput {
+    reserved_concurrent_executions: u32,
+}
+
+/// `PUT /2017-10-31/functions/{name}/concurrency` (PutFunctionConcurrency). `0` disables the
+/// function: every synchronous invocation is throttled, as on Lambda.
+pub(crate) async fn put_concurrency(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let name = unqualified(&gateway, &name)?;
+    let input: ConcurrencyInput = parse_json(&body_of(body)?)?;
+    let reserved = input.reserved_concurrent_executions;
+    gateway
+        .registry
+        .update(&name, None, move |v: &mut VersionRecord| {
+            v.config.max_concurrency = Some(reserved);
+            v.config.validate().map_err(|e| e.message)
+        })
+        .await?;
+    Ok(Json(json!({"ReservedConcurrentExecutions": reserved})))
+}
+
+/// `GET /2019-09-30/functions/{name}/concurrency` (GetFunctionConcurrency).
+pub(crate) async fn get_concurrency(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = unqualified(&gateway, &name)?;
+    let deployed = gateway
+        .registry
+        .latest(name.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("Function not found: {name}")))?;
+    Ok(Json(match deployed.record.latest.config.max_concurrency {
+        Some(n) => json!({"ReservedConcurrentExecutions": n}),
+        None => json!({}),
+    }))
+}
+
+/// `DELETE /2017-10-31/functions/{name}/concurrency` (DeleteFunctionConcurrency).
+pub(crate) async fn delete_concurrency(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = unqualified(&gateway, &name)?;
+    gateway
+        .registry
+        .update(&name, None, |v: &mut VersionRecord| {
+            v.config.max_concurrency = None;
+            v.config.validate().map_err(|e| e.message)
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -83,6 +83,14 @@ impl Gateway {
                 put(control::update_function_code)
                     .layer(DefaultBodyLimit::max(rampart_model::MAX_CONTROL_BODY_BYTES)),
             )
+            .route(
+                "/2017-10-31/functions/{name}/concurrency",
+                put(control::put_concurrency).delete(control::delete_concurrency),
+            )
+            .route(
+                "/2019-09-30/functions/{name}/concurrency",
+                get(control::get_concurrency),
+            )
             .route("/rampart/v1/health", get(|| async { "ok" }))
             .route("/rampart/v1/functions/{name}/logs", get(manage::logs))
             .route("/rampart/v1/functions/{name}/stats", get(manage::stats))

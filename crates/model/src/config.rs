@@ -138,7 +138,8 @@ pub struct FunctionConfig {
     /// The execution role ARN as given (stored and echoed; not enforced).
     #[serde(default)]
     pub role: String,
-    /// Reserved concurrency: the most instances that may run at once; `None` means the default cap.
+    /// Reserved concurrency: the most instances that may run at once (`0` disables the function,
+    /// as on Lambda); `None` means the default cap.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
     /// Instances kept warm even when idle.
@@ -217,11 +218,13 @@ impl FunctionConfig {
         }
         validate_environment(&self.environment)?;
         if let Some(max) = self.max_concurrency
-            && max == 0
+            && max > MAX_RESERVED_CONCURRENCY
         {
             return Err(ValidationError::new(
                 "ReservedConcurrentExecutions",
-                "max_concurrency must be at least 1",
+                format!(
+                    "reserved concurrency {max} exceeds the limit of {MAX_RESERVED_CONCURRENCY} instances"
+                ),
             ));
         }
         if self.min_instances > self.concurrency_limit() {

@@ -32,3 +32,5 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
 /// Longest idle timeout, in seconds (a week: longer keeps idle processes for no benefit).
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Most instances one function may reserve (Lambda's default account concurrency).
+pub const MAX_RESERVED_CONCURRENCY: u32 = 1000;

@@ -49,6 +49,17 @@ assert "FunctionError" not in out
 import base64
 assert "REPORT RequestId" in base64.b64decode(out["LogResult"]).decode()
 
+assert client.put_function_concurrency(FunctionName="boto", ReservedConcurrentExecutions=3)["ReservedConcurrentExecutions"] == 3
+assert client.get_function_concurrency(FunctionName="boto")["ReservedConcurrentExecutions"] == 3
+assert client.get_function(FunctionName="boto")["Concurrency"]["ReservedConcurrentExecutions"] == 3
+client.put_function_concurrency(FunctionName="boto", ReservedConcurrentExecutions=0)
+try:
+    client.invoke(FunctionName="boto", Payload=b"{}")
+    raise SystemExit("expected TooManyRequestsException for a disabled function")
+except client.exceptions.TooManyRequestsException as e:
+    assert e.response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded", e.response
+client.delete_function_concurrency(FunctionName="boto")
+assert "ReservedConcurrentExecutions" not in client.get_function_concurrency(FunctionName="boto")
 conf = client.update_function_configuration(FunctionName="boto", Timeout=7)
 assert conf["Timeout"] == 7, conf
 client.update_function_code(FunctionName="boto", ZipFile=zipped(V2))
