@@ -320,13 +320,24 @@ pub(crate) async fn get_function(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let config =
         configuration_of(&gateway, &name, query.get("Qualifier").map(String::as_str)).await?;
-    let sha = config["CodeSha256"].clone();
+    let sha_hex: String = BASE64
+        .decode(config["CodeSha256"].as_str().unwrap_or_default())
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Where the caller reached us, so the link works from where it is followed.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
     let mut body = json!({
         "Configuration": config,
-        "Code": {"RepositoryType": "Rampart", "Location": format!("rampart://code/{}", sha.as_str().unwrap_or_default())},
+        "Code": {"RepositoryType": "S3", "Location": format!("http://{host}/rampart/v1/code/{sha_hex}")},
         "Tags": {},
     });
     if let Some(reserved) = body["Configuration"]["ReservedConcurrentExecutions"].as_u64() {
@@ -513,4 +524,18 @@ pub(crate) async fn delete_concurrency(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /rampart/v1/code/{sha256_hex}`: the zip a version was deployed with (GetFunction's
+/// `Code.Location`).
+pub(crate) async fn download_code(
+    State(gateway): State<Arc<Gateway>>,
+    Path(sha256_hex): Path<String>,
+) -> Result<Response, ApiError> {
+    let valid = sha256_hex.len() == 64 && sha256_hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return Err(ApiError::not_found("no such code bundle"));
+    }
+    let zip = gateway.registry.read_code(sha256_hex).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip).into_response())
 }

@@ -92,6 +92,7 @@ impl Gateway {
                 get(control::get_concurrency),
             )
             .route("/rampart/v1/health", get(|| async { "ok" }))
+            .route("/rampart/v1/code/{sha}", get(control::download_code))
             .route("/rampart/v1/functions/{name}/logs", get(manage::logs))
             .route("/rampart/v1/functions/{name}/stats", get(manage::stats))
             .fallback(|| async { ApiError::not_found("no such API path") })

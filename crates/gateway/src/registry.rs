@@ -151,6 +151,22 @@ impl Registry {
         Ok(Some(spec))
     }
 
+    /// The stored zip of a bundle in use (in a blocking thread).
+    ///
+    /// # Errors
+    /// `ResourceNotFoundException` when no function version uses it.
+    pub async fn read_code(&self, sha256_hex: String) -> Result<Vec<u8>, ApiError> {
+        if !self.store.code_in_use().await?.contains(&sha256_hex) {
+            return Err(ApiError::not_found("no such code bundle"));
+        }
+        let code = self.code.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || code.read_zip(&sha256_hex))
+                .await
+                .map_err(|e| ApiError::internal(&e))??,
+        )
+    }
+
     /// Installs a bundle from zip bytes (in a blocking thread).
     ///
     /// # Errors

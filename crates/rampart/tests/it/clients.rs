@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::harness::{Server, python};
 
 const BOTO3_SCRIPT: &str = r#"
-import io, json, sys, zipfile
+import base64, io, json, sys, zipfile
 import boto3
 from botocore.config import Config
 
@@ -27,15 +27,20 @@ def zipped(source):
 
 V1 = "def lambda_handler(event, context):\n    return {'version': 1, 'event': event}\n"
 V2 = "def lambda_handler(event, context):\n    raise RuntimeError('v2 fails')\n"
+Z1 = zipped(V1)  # zipfile stamps the current time: build once, compare to these bytes
 
 created = client.create_function(
     FunctionName="boto", Runtime="python3.12", Role="arn:aws:iam::000000000000:role/r",
-    Handler="lambda_function.lambda_handler", Code={"ZipFile": zipped(V1)}, Timeout=5,
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": Z1}, Timeout=5,
     Environment={"Variables": {"MODE": "test"}},
 )
 assert created["FunctionName"] == "boto" and created["Timeout"] == 5, created
 got = client.get_function(FunctionName="boto")
 assert got["Configuration"]["Environment"]["Variables"] == {"MODE": "test"}, got
+import urllib.request, hashlib
+downloaded = urllib.request.urlopen(got["Code"]["Location"]).read()
+assert downloaded == Z1, "Code.Location serves the deployed zip"
+assert base64.b64encode(hashlib.sha256(downloaded).digest()).decode() == got["Configuration"]["CodeSha256"]
 names = [f["FunctionName"] for f in client.list_functions()["Functions"]]
 assert names == ["boto"], names
 paginated = [f["FunctionName"] for page in client.get_paginator("list_functions").paginate() for f in page["Functions"]]
