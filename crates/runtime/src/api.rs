@@ -142,29 +142,42 @@ impl BodyError {
     }
 }
 
+/// A body read whole, with the trailers a streaming response may end with.
+struct ReadBody {
+    bytes: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
 /// Reads a response or error body, refusing one over the limit.
-async fn read_body(body: Body) -> Result<Bytes, BodyError> {
-    axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
+async fn read_body(body: Body) -> Result<ReadBody, BodyError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+        .collect()
         .await
-        .map_err(|e| {
-            let source = e.into_inner();
+    {
+        Ok(collected) => Ok(ReadBody {
+            trailers: collected.trailers().cloned(),
+            bytes: collected.to_bytes(),
+        }),
+        Err(source) => {
             if source
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                BodyError::TooLarge(api_error(
+                Err(BodyError::TooLarge(api_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
                     &format!("the body exceeds the maximum of {MAX_RESPONSE_BYTES} bytes"),
-                ))
+                )))
             } else {
-                BodyError::Truncated(api_error(
+                Err(BodyError::Truncated(api_error(
                     StatusCode::BAD_REQUEST,
                     "TruncatedHTTPRequest",
                     &format!("the body could not be read whole: {source}"),
-                ))
+                )))
             }
-        })
+        }
+    }
 }
 
 /// Checks `id` against the outstanding invocation; on success takes its reply channel.
@@ -188,7 +201,7 @@ async fn answer(
     shared: &Shared,
     id: &str,
     body: Body,
-    reply_with: impl FnOnce(Bytes) -> Reply,
+    reply_with: impl FnOnce(ReadBody) -> Reply,
 ) -> Response {
     let reply = match take_reply(shared, id) {
         Ok(r) => r,
@@ -226,11 +239,39 @@ async fn response(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    answer(&shared, &id, body, |body| Reply::Response {
-        body,
-        content_type,
+    answer(&shared, &id, body, |body| {
+        streamed_error(&body).unwrap_or(Reply::Response {
+            body: body.bytes,
+            content_type,
+        })
     })
     .await
+}
+
+/// A streaming response that failed midway says so in its trailers (runtime-api.md §5):
+/// `Lambda-Runtime-Function-Error-Type` and a base64 JSON `Lambda-Runtime-Function-Error-Body`.
+/// The stream is buffered for a synchronous caller, so the caller gets the error instead.
+fn streamed_error(body: &ReadBody) -> Option<Reply> {
+    use base64::Engine;
+    let trailers = body.trailers.as_ref()?;
+    let error_type = trailers
+        .get("lambda-runtime-function-error-type")?
+        .to_str()
+        .ok()?
+        .to_owned();
+    let error_body = trailers
+        .get("lambda-runtime-function-error-body")
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .ok()
+        })
+        .map(Bytes::from)
+        .unwrap_or_default();
+    Some(Reply::Error {
+        body: error_body,
+        error_type: Some(error_type),
+    })
 }
 
 async fn error(
@@ -240,7 +281,11 @@ async fn error(
     body: Body,
 ) -> Response {
     let error_type = error_type(&headers);
-    answer(&shared, &id, body, |body| Reply::Error { body, error_type }).await
+    answer(&shared, &id, body, |body| Reply::Error {
+        body: body.bytes,
+        error_type,
+    })
+    .await
 }
 
 fn error_type(headers: &HeaderMap) -> Option<String> {
@@ -255,7 +300,7 @@ async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         return invalid_state("init already finished").into_response();
     }
     let body = match read_body(body).await {
-        Ok(b) => b,
+        Ok(b) => b.bytes,
         Err(e) => return e.into_response(),
     };
     let error_type = error_type(&headers);

@@ -310,3 +310,39 @@ async fn warm_instances_are_reused_one_invocation_at_a_time() {
     assert_eq!(stats["instances"], 2, "{stats}");
     assert_eq!(stats["idle"], 2, "{stats}");
 }
+
+const STREAMING: &str = r#"
+export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
+  responseStream.write("hello ");
+  if (event.fail) {
+    throw new Error("broke midway");
+  }
+  responseStream.write("world");
+  responseStream.end();
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_responses_are_buffered_and_their_failures_reported() {
+    let server = Server::start();
+    server
+        .deploy(
+            "stream",
+            "nodejs20.x",
+            "index.handler",
+            &[("index.mjs", STREAMING)],
+            json!({}),
+        )
+        .await;
+    let r = server.invoke("stream", "{}").await;
+    assert_eq!(r.header("x-amz-function-error"), None, "{}", r.text());
+    assert_eq!(r.text(), "hello world");
+    let r = server.invoke("stream", r#"{"fail": true}"#).await;
+    assert_eq!(
+        r.header("x-amz-function-error"),
+        Some("Unhandled"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["errorMessage"], "broke midway", "{}", r.text());
+}
