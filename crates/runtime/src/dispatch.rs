@@ -220,17 +220,14 @@ impl Dispatcher {
     }
 
     fn prewarm(&self, pool: Arc<Pool>) {
+        // Counted now, so the next maintenance round does not start another one.
         pool.live.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         self.inner.tasks.spawn(async move {
-            let counted = Uncount(Some(pool.clone()));
-            let instance = match this.spawn_instance(&pool).await {
-                Ok(i) => {
-                    counted.disarm();
-                    i
-                }
+            let started = this.start_instance(&pool).await;
+            let instance = match started {
+                Ok(i) => i,
                 Err(e) => {
-                    drop(counted);
                     pool.init_failed(error_body(
                         "Runtime.InvalidEntrypoint",
                         &format!("Error: {e}"),
@@ -274,7 +271,29 @@ impl Dispatcher {
 
     /// Starts an instance of the pool's version and registers it; the caller has already
     /// counted it in `pool.live`.
+    /// Starts an instance of the pool's version, counted in `pool.live` from now on.
+    ///
+    /// # Cancel safety
+    /// The start runs in its own task: if this future is dropped, the instance still comes up
+    /// whole (temp dir, cgroup, monitor) and is then stopped, so nothing is left behind and the
+    /// count stays right.
     async fn spawn_instance(&self, pool: &Arc<Pool>) -> Result<Arc<Instance>, String> {
+        pool.live.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        let pool = pool.clone();
+        self.inner.tasks.spawn(async move {
+            let started = this.start_instance(&pool).await;
+            if let Err(Ok(instance)) = tx.send(started) {
+                // The caller is gone: nobody will use this instance.
+                instance.terminate();
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err("the instance start was abandoned".into()))
+    }
+
+    async fn start_instance(&self, pool: &Arc<Pool>) -> Result<Arc<Instance>, String> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let exit_pool = pool.clone();
@@ -289,7 +308,7 @@ impl Dispatcher {
                     .remove(&exit_id);
             }
         });
-        let instance = Instance::spawn(
+        let instance = match Instance::spawn(
             id,
             pool.spec.clone(),
             &self.inner.settings,
@@ -297,7 +316,15 @@ impl Dispatcher {
             &self.inner.tasks,
             on_exit,
         )
-        .await?;
+        .await
+        {
+            Ok(instance) => instance,
+            Err(e) => {
+                // No monitor exists to uncount it.
+                pool.live.fetch_sub(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         self.refill_after_init(&instance);
         let exited = matches!(*instance.shared.status.borrow(), Status::Exited(_));
         if !exited {
@@ -502,19 +529,10 @@ impl Dispatcher {
         loop {
             let instance = match pool.pop_idle() {
                 Some(instance) => instance,
-                None => {
-                    // Counted from now; the instance's exit uncounts it once it exists, the guard
-                    // if starting fails or this future is dropped first.
-                    pool.live.fetch_add(1, Ordering::Relaxed);
-                    let counted = Uncount(Some(pool.clone()));
-                    match self.spawn_instance(&pool).await {
-                        Ok(instance) => {
-                            counted.disarm();
-                            instance
-                        }
-                        Err(message) => return Ok(pending.entrypoint_failed(&message)),
-                    }
-                }
+                None => match self.spawn_instance(&pool).await {
+                    Ok(instance) => instance,
+                    Err(message) => return Ok(pending.entrypoint_failed(&message)),
+                },
             };
             let guard = KillOnDrop(Some(instance.clone()));
             let outcome = pending.run(&instance, &self.inner.settings, !retried).await;
@@ -602,23 +620,6 @@ fn retire(pool: &Pool) {
     let idle = std::mem::take(&mut *pool.idle.lock().expect("idle lock"));
     for instance in idle {
         instance.terminate();
-    }
-}
-
-/// Takes an instance that never came to exist off its pool's count.
-struct Uncount(Option<Arc<Pool>>);
-
-impl Uncount {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Uncount {
-    fn drop(&mut self) {
-        if let Some(pool) = self.0.take() {
-            pool.live.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 

@@ -196,3 +196,48 @@ async fn min_instances_are_kept_warm_and_idle_ones_reclaimed() {
     let pid = r.json()["pid"].as_i64();
     assert!(pid.is_some_and(|p| p as i32 != survivor), "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_leaving_during_a_cold_start_leaves_nothing_behind() {
+    let server = Server::start();
+    let code = "import time\ntime.sleep(1)\ndef handler(e, c):\n    return 'up'\n";
+    server
+        .deploy(
+            "slowstart",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            json!({}),
+        )
+        .await;
+    // The caller gives up while the instance is still starting.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(server.url("/2015-03-31/functions/slowstart/invocations"))
+        .body("{}")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the caller timed out");
+    let stats = || async {
+        server
+            .get_json("/rampart/v1/functions/slowstart/stats")
+            .await
+            .1
+    };
+    let tmp = server.data_dir.join("tmp");
+    server
+        .eventually(
+            "the abandoned instance stopped and cleaned up",
+            Duration::from_secs(10),
+            || async {
+                let s = stats().await;
+                let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+                s["instances"] == 0 && s["busy"] == 0 && left == 0
+            },
+        )
+        .await;
+    assert_eq!(server.invoke("slowstart", "{}").await.json(), json!("up"));
+}
