@@ -74,7 +74,7 @@ def main():
     args = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="rampart-bench-")
     server = subprocess.Popen(
-        [RAMPART, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        [RAMPART, "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data_dir],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RAMPART_LOG": "warn"},
     )
     echo = subprocess.Popen([ECHO_SERVER], stdout=subprocess.PIPE, text=True)

@@ -7,12 +7,14 @@
 
 mod control;
 mod error;
+mod http_api;
 mod invoke;
 mod manage;
 mod registry;
+mod routes;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +23,7 @@ use rampart_runtime::Dispatcher;
 
 pub use error::ApiError;
 pub use registry::{Deployed, Registry};
+pub use routes::RouteTable;
 
 /// Shared state of every handler.
 pub struct Gateway {
@@ -28,17 +31,48 @@ pub struct Gateway {
     dispatcher: Dispatcher,
     region: String,
     draining: AtomicBool,
+    /// The HTTP listener's routes; replaced whole when an API is deployed.
+    routes: RwLock<Arc<RouteTable>>,
+    /// Serialises API deploys (check conflicts, store, swap).
+    api_changes: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
-    /// A gateway serving `registry`'s functions through `dispatcher`.
-    pub fn new(registry: Registry, dispatcher: Dispatcher, region: String) -> Arc<Self> {
-        Arc::new(Self {
+    /// A gateway serving `registry`'s functions through `dispatcher`, with the stored APIs.
+    ///
+    /// # Errors
+    /// When the stored APIs cannot be read or no longer fit together.
+    pub async fn load(
+        registry: Registry,
+        dispatcher: Dispatcher,
+        region: String,
+    ) -> Result<Arc<Self>, String> {
+        let apis = registry
+            .store()
+            .list_apis()
+            .await
+            .map_err(|e| format!("reading APIs: {e}"))?;
+        let routes = RouteTable::build(&apis)?;
+        Ok(Arc::new(Self {
             registry,
             dispatcher,
             region,
             draining: AtomicBool::new(false),
-        })
+            routes: RwLock::new(Arc::new(routes)),
+            api_changes: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub(crate) fn routes(&self) -> Arc<RouteTable> {
+        self.routes.read().expect("routes lock").clone()
+    }
+
+    /// The router of the HTTP listener (API routes). Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`: events carry the source IP.
+    pub fn http_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .fallback(http_api::serve)
+            .with_state(self.clone())
     }
 
     /// From now on, invocations get 503 (the server is draining).
@@ -92,6 +126,11 @@ impl Gateway {
                 get(control::get_concurrency),
             )
             .route("/rampart/v1/health", get(|| async { "ok" }))
+            .route("/rampart/v1/apis", get(manage::list_apis))
+            .route(
+                "/rampart/v1/apis/{name}",
+                put(manage::put_api).delete(manage::delete_api),
+            )
             .route("/rampart/v1/code/{sha}", get(control::download_code))
             .route("/rampart/v1/functions/{name}/logs", get(manage::logs))
             .route("/rampart/v1/functions/{name}/stats", get(manage::stats))

@@ -4,11 +4,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use rampart_model::ApiSpec;
 use rampart_store::LogQuery;
 use serde_json::{Value, json};
 
-use crate::{ApiError, Gateway};
+use crate::{ApiError, Gateway, RouteTable};
 
 /// Most lines one logs request returns.
 const MAX_LOG_LINES: usize = 10_000;
@@ -64,4 +68,67 @@ pub(crate) async fn stats(
     Ok(Json(json!({
         "instances": s.instances, "idle": s.idle, "busy": s.busy, "concurrency_limit": s.limit,
     })))
+}
+
+/// `PUT /rampart/v1/apis/{name}`: creates or replaces an API (its whole route table), served at
+/// once; refused when a route conflicts with another API's or names a missing function.
+pub(crate) async fn put_api(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let api: ApiSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_content(format!("could not parse the API: {e}")))?;
+    if api.name != name {
+        return Err(ApiError::invalid_parameter(format!(
+            "the API in the body is named '{}', the path names '{name}'",
+            api.name
+        )));
+    }
+    api.validate()?;
+    if let Some(route) = api
+        .routes
+        .iter()
+        .find(|r| gateway.registry.latest(&r.function).is_none())
+    {
+        return Err(ApiError::invalid_parameter(format!(
+            "route '{}' calls function '{}', which does not exist",
+            route.route, route.function
+        )));
+    }
+    let _changing = gateway.api_changes.lock().await;
+    let mut apis = gateway.registry.store().list_apis().await?;
+    apis.retain(|a| a.name != name);
+    apis.push(api.clone());
+    let table = RouteTable::build(&apis).map_err(ApiError::conflict)?;
+    gateway
+        .registry
+        .store()
+        .put_api(api.clone(), jiff::Timestamp::now().as_millisecond())
+        .await?;
+    *gateway.routes.write().expect("routes lock") = Arc::new(table);
+    Ok(Json(serde_json::to_value(api).expect("an API serializes")))
+}
+
+/// `GET /rampart/v1/apis`: every API.
+pub(crate) async fn list_apis(
+    State(gateway): State<Arc<Gateway>>,
+) -> Result<Json<Value>, ApiError> {
+    let apis = gateway.registry.store().list_apis().await?;
+    Ok(Json(json!({ "apis": apis })))
+}
+
+/// `DELETE /rampart/v1/apis/{name}`.
+pub(crate) async fn delete_api(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let _changing = gateway.api_changes.lock().await;
+    if !gateway.registry.store().delete_api(&name).await? {
+        return Err(ApiError::not_found(format!("API not found: {name}")));
+    }
+    let apis = gateway.registry.store().list_apis().await?;
+    let table = RouteTable::build(&apis).map_err(ApiError::conflict)?;
+    *gateway.routes.write().expect("routes lock") = Arc::new(table);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

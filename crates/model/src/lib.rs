@@ -5,10 +5,12 @@
 //! AWS Lambda so that errors read the same as on AWS.
 #![warn(missing_docs)]
 
+mod api;
 mod config;
 mod limits;
 mod names;
 
+pub use api::{ApiSpec, METHODS, PayloadFormat, RouteKey, RouteSpec, Segment};
 pub use config::{FunctionConfig, Runtime, RuntimeFamily};
 pub use limits::*;
 pub use names::{FunctionName, FunctionRef, Qualifier};

@@ -202,6 +202,17 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Creates or replaces an HTTP API.
+    pub async fn put_api(&self, api: &rampart_model::ApiSpec) -> Result<Value> {
+        self.call(
+            self.http
+                .put(self.url(&format!("/rampart/v1/apis/{}", escape(&api.name))))
+                .json(api),
+            &format!("deploying API {}", api.name),
+        )
+        .await
+    }
+
     /// Instance counts of a function.
     pub async fn stats(&self, name: &str) -> Result<Value> {
         self.call(

@@ -44,6 +44,13 @@ pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed
             action,
         });
     }
+    for api in &manifest.apis {
+        client.put_api(api).await?;
+        done.push(Deployed {
+            name: format!("api {}", api.name),
+            action: "deployed",
+        });
+    }
     Ok(done)
 }
 

@@ -45,6 +45,9 @@ struct ServeArgs {
     /// Address to listen on (`127.0.0.1:0` picks a free port; see the ready line).
     #[arg(long, env = "RAMPART_LISTEN", default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
+    /// Address of the HTTP listener serving API routes (`[[api]]` in rampart.toml).
+    #[arg(long, env = "RAMPART_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
     /// Directory holding the database, code bundles and instance temp dirs.
     #[arg(long, env = "RAMPART_DATA_DIR", default_value = "./.rampart")]
     data_dir: PathBuf,
@@ -239,6 +242,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
     let options = server::Options {
         listen: args.listen,
+        http_listen: args.http_listen,
         data_dir: args.data_dir.clone(),
         region: args.region,
         queue_wait: args.queue_wait,
@@ -253,7 +257,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
     if let Some(manifest) = &project {
         let client = Client::new(&format!("http://{}", running.addr))?;
         match deploy::deploy(&client, manifest).await {
-            Ok(done) => print_quickstart(running.addr, &done),
+            Ok(done) => print_quickstart(running.addr, running.http_addr, manifest, &done),
             Err(e) => {
                 running.stop();
                 running.wait().await?;
@@ -263,9 +267,13 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
     }
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", server::ready_line(running.addr, &args.data_dir))
-            .and_then(|()| out.flush())
-            .context("printing the ready line")?;
+        writeln!(
+            out,
+            "{}",
+            server::ready_line(running.addr, running.http_addr, &args.data_dir)
+        )
+        .and_then(|()| out.flush())
+        .context("printing the ready line")?;
     }
     signals.recv().await;
     running.stop();
@@ -273,7 +281,12 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_quickstart(addr: SocketAddr, deployed: &[deploy::Deployed]) {
+fn print_quickstart(
+    addr: SocketAddr,
+    http_addr: SocketAddr,
+    manifest: &Manifest,
+    deployed: &[deploy::Deployed],
+) {
     println!("Deployed to http://{addr}:");
     for d in deployed {
         println!("  {} ({})", d.name, d.action);
@@ -291,6 +304,17 @@ fn print_quickstart(addr: SocketAddr, deployed: &[deploy::Deployed]) {
         println!(
             "  python3 -c \"import boto3, json; c = boto3.client('lambda', endpoint_url='http://{addr}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x'); print(c.invoke(FunctionName='{name}', Payload=json.dumps({{'counter': 1, 'operation': 'increment'}}))['Payload'].read())\""
         );
+        println!();
+    }
+    for api in &manifest.apis {
+        let prefix = match api.stage.as_str() {
+            "$default" => String::new(),
+            stage => format!("/{stage}"),
+        };
+        println!("API {} on http://{http_addr}{prefix}:", api.name);
+        for route in &api.routes {
+            println!("  {} -> {}", route.route, route.function);
+        }
         println!();
     }
 }

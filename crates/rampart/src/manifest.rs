@@ -15,6 +15,15 @@
 //! bootstrap = "target/release/app"          # optional: packaged as the executable `bootstrap`
 //! [function.environment]
 //! GREETING = "hello"
+//!
+//! [[api]]                    # HTTP routes, served on the HTTP listener
+//! name = "counter"
+//! stage = "$default"         # or a stage name: routes are served under /{stage}
+//! payload_format = "2.0"     # "1.0" (REST), "2.0" (HTTP API) or "body"
+//! [[api.route]]
+//! route = "POST /counter"    # "METHOD /path/{param}/{proxy+}" or "$default"
+//! function = "counter"
+//! payload_format = "body"    # optional, per route
 //! ```
 
 use std::collections::BTreeMap;
@@ -59,6 +68,23 @@ struct FunctionEntry {
 struct ManifestFile {
     #[serde(default)]
     function: Vec<toml::Value>,
+    #[serde(default)]
+    api: Vec<toml::Value>,
+}
+
+/// An API as the manifest declares it (`route` entries under `[[api.route]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiEntry {
+    name: String,
+    #[serde(default)]
+    stage: Option<String>,
+    #[serde(default)]
+    payload_format: Option<rampart_model::PayloadFormat>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    route: Vec<rampart_model::RouteSpec>,
 }
 
 /// A validated function of a project.
@@ -83,6 +109,8 @@ pub struct Manifest {
     pub dir: PathBuf,
     /// Its functions, in file order.
     pub functions: Vec<ProjectFunction>,
+    /// Its HTTP APIs.
+    pub apis: Vec<rampart_model::ApiSpec>,
 }
 
 impl Manifest {
@@ -101,7 +129,7 @@ impl Manifest {
         let file = path.display();
         let raw: ManifestFile =
             toml::from_str(text).with_context(|| format!("{file}: invalid manifest"))?;
-        if raw.function.is_empty() {
+        if raw.function.is_empty() && raw.api.is_empty() {
             bail!("{file}: no [[function]] is declared");
         }
         let mut functions: Vec<ProjectFunction> = Vec::new();
@@ -121,9 +149,41 @@ impl Manifest {
             }
             functions.push(function);
         }
+        let mut apis: Vec<rampart_model::ApiSpec> = Vec::new();
+        for (i, value) in raw.api.into_iter().enumerate() {
+            let label = value
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("#{}", i + 1), |n| format!("'{n}'"));
+            let entry: ApiEntry = value.try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!("{file}: api {label}: {}", e.message())
+            })?;
+            let timeout_ms = entry
+                .timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{file}: api {label}: field 'timeout': {e}"))?
+                .map(|d| d.as_millis() as u64);
+            let api = rampart_model::ApiSpec {
+                name: entry.name,
+                stage: entry.stage.unwrap_or_else(|| "$default".into()),
+                payload_format: entry.payload_format.unwrap_or_default(),
+                timeout_ms,
+                routes: entry.route,
+            };
+            api.validate().map_err(|e| {
+                anyhow::anyhow!("{file}: api {label}: field '{}': {}", e.field, e.message)
+            })?;
+            if apis.iter().any(|a| a.name == api.name) {
+                bail!("{file}: api {label}: field 'name': declared twice");
+            }
+            apis.push(api);
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             functions,
+            apis,
         })
     }
 }
@@ -257,6 +317,41 @@ GREETING = "hi"
         assert_eq!(f.config.max_concurrency, Some(4));
         assert_eq!(f.config.environment["GREETING"], "hi");
         assert_eq!(f.config.memory_mb, 128);
+    }
+
+    #[test]
+    fn apis_are_read_and_checked() {
+        let with_api = format!(
+            "{GOOD}\n[[api]]\nname = \"shop\"\npayload_format = \"1.0\"\ntimeout = \"2s\"\n[[api.route]]\nroute = \"POST /counter\"\nfunction = \"counter\"\npayload_format = \"body\"\n"
+        );
+        let m = parse(&with_api).unwrap();
+        let api = &m.apis[0];
+        assert_eq!(
+            (api.name.as_str(), api.stage.as_str(), api.timeout_ms),
+            ("shop", "$default", Some(2000))
+        );
+        assert_eq!(api.payload_format, rampart_model::PayloadFormat::V1);
+        assert_eq!(
+            api.routes[0].payload_format,
+            Some(rampart_model::PayloadFormat::Body)
+        );
+        let err = format!(
+            "{:#}",
+            parse(&with_api.replace("POST /counter", "FETCH /counter")).unwrap_err()
+        );
+        assert!(
+            err.contains("api 'shop'") && err.contains("'route'"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse(&with_api.replace(
+                "function = \"counter\"\npayload",
+                "fn = \"counter\"\npayload"
+            ))
+            .unwrap_err()
+        );
+        assert!(err.contains("api 'shop'") && err.contains("fn"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ use tokio_util::task::TaskTracker;
 pub struct Options {
     /// Address of the API listener (port 0 picks one).
     pub listen: SocketAddr,
+    /// Address of the HTTP listener serving API routes (port 0 picks one).
+    pub http_listen: SocketAddr,
     /// Where the database, code and instance temp dirs live.
     pub data_dir: PathBuf,
     /// Region in ARNs and `AWS_REGION`.
@@ -41,6 +43,8 @@ pub struct Options {
 pub struct Running {
     /// The bound API address.
     pub addr: SocketAddr,
+    /// The bound HTTP (API routes) address.
+    pub http_addr: SocketAddr,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<Result<()>>,
 }
@@ -127,12 +131,20 @@ pub async fn start(options: Options) -> Result<Running> {
     let registry = Registry::load(store.clone(), CodeStore::new(&data_dir), dispatcher.clone())
         .await
         .context("loading functions")?;
-    let gateway = Gateway::new(registry, dispatcher.clone(), options.region.clone());
+    let gateway = Gateway::load(registry, dispatcher.clone(), options.region.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("loading APIs: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let http_listener = tokio::net::TcpListener::bind(options.http_listen)
+        .await
+        .with_context(|| format!("binding {}", options.http_listen))?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("reading the bound HTTP address")?;
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -153,6 +165,15 @@ pub async fn start(options: Options) -> Result<Running> {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
+    let routes = gateway
+        .http_router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let stop = http_stop.clone();
+    let routes_http = tokio::spawn(async move {
+        axum::serve(http_listener, routes)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
 
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
@@ -162,10 +183,12 @@ pub async fn start(options: Options) -> Result<Running> {
         dispatcher.shutdown(options.drain_timeout).await;
         tracing::info!("instances stopped; closing the listener");
         http_stop.cancel();
-        match tokio::time::timeout(Duration::from_secs(5), http).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error"),
-            Err(_) => tracing::warn!("HTTP connections did not close in time"),
-            _ => {}
+        for server in [http, routes_http] {
+            match tokio::time::timeout(Duration::from_secs(5), server).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error"),
+                Err(_) => tracing::warn!("HTTP connections did not close in time"),
+                _ => {}
+            }
         }
         logs_done.cancel();
         tasks.close();
@@ -177,6 +200,7 @@ pub async fn start(options: Options) -> Result<Running> {
     });
     Ok(Running {
         addr,
+        http_addr,
         shutdown,
         done,
     })
@@ -284,11 +308,13 @@ impl Signals {
 }
 
 /// The one machine-readable line announcing the server is ready.
-pub fn ready_line(addr: SocketAddr, data_dir: &std::path::Path) -> String {
+pub fn ready_line(addr: SocketAddr, http_addr: SocketAddr, data_dir: &std::path::Path) -> String {
     serde_json::json!({
         "event": "ready",
         "listen": addr.to_string(),
         "endpoint": format!("http://{addr}"),
+        "http_listen": http_addr.to_string(),
+        "http_endpoint": format!("http://{http_addr}"),
         "data_dir": data_dir.display().to_string(),
         "pid": std::process::id(),
     })

@@ -507,6 +507,19 @@ impl Dispatcher {
             .await
     }
 
+    /// Runs an invocation in its own tracked task, so it goes on (and its instance stays
+    /// healthy) when the caller stops waiting, as an API Gateway integration timeout does.
+    pub fn spawn_invoke(
+        &self,
+        spec: Arc<FunctionSpec>,
+        request: InvokeRequest,
+    ) -> tokio::task::JoinHandle<Result<InvokeOutcome, InvokeError>> {
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { this.invoke(spec, request).await })
+    }
+
     async fn invoke_admitted(
         &self,
         spec: Arc<FunctionSpec>,

@@ -6,6 +6,7 @@
 //! installed atomically before the row that refers to them is committed.
 #![warn(missing_docs)]
 
+mod apis;
 mod code;
 mod functions;
 mod logs;

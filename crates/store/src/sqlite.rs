@@ -12,6 +12,7 @@ use crate::{Error, Result, io_err};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_logs_without_request_index.sql"),
+    include_str!("migrations/0003_apis.sql"),
 ];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.

@@ -1,4 +1,9 @@
-"""Rampart's reference application: a counter, written as any Lambda user would write it."""
+"""Rampart's reference application: a counter, written as any Lambda user would write it.
+
+Invoked directly (or through a `body` route) the event is {"counter": N, "operation": ...};
+through an HTTP API route (payload format 2.0, `GET /counter/{op}?counter=N`) the operation
+comes from the path and the counter from the query string.
+"""
 
 import json
 
@@ -6,8 +11,17 @@ LIMIT_LOW, LIMIT_HIGH = 0, 100
 
 
 def lambda_handler(event, context):
+    if "requestContext" in event:
+        query = event.get("queryStringParameters") or {}
+        event = {
+            "operation": (event.get("pathParameters") or {}).get("op"),
+            "counter": query.get("counter", 0),
+        }
     operation = event.get("operation")
-    counter = int(event.get("counter", 0))
+    try:
+        counter = int(event.get("counter", 0))
+    except (TypeError, ValueError):
+        return {"statusCode": 400, "body": json.dumps({"error": "Invalid counter"})}
     if operation == "increment":
         counter += 1
     elif operation == "decrement":

@@ -20,6 +20,8 @@ const UP_READY_DEADLINE: Duration = Duration::from_secs(600);
 pub struct Server {
     child: Option<Child>,
     pub endpoint: String,
+    /// Where API routes are served.
+    pub http_endpoint: String,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     log: Arc<Mutex<String>>,
@@ -57,7 +59,13 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
         command
             .args(command_args)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(args)
             .env("RAMPART_LOG", "info,rampart_runtime=debug")
@@ -101,6 +109,10 @@ impl Server {
         Self {
             child: Some(child),
             endpoint: ready["endpoint"].as_str().expect("endpoint").to_owned(),
+            http_endpoint: ready["http_endpoint"]
+                .as_str()
+                .expect("http endpoint")
+                .to_owned(),
             data_dir: data_dir.to_path_buf(),
             _temp: None,
             log,

@@ -14,7 +14,14 @@ async fn deploys_survive_kill_9_and_instances_die_with_the_server() {
     let mut server = Server::start_in(dir.path(), &[], &[]);
     // A second server on the same data dir is refused before it touches anything.
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -5,6 +5,7 @@ mod clients;
 mod control;
 mod failures;
 mod harness;
+mod http_api;
 mod invoke;
 mod lifecycle;
 mod project;

@@ -187,6 +187,8 @@ async fn up_rejects_a_bad_manifest_before_serving() {
             dir.path().to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path().join("data"))

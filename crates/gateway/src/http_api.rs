@@ -1,0 +1,552 @@
+//! The HTTP listener: requests matched to API routes become API Gateway proxy events
+//! (payload format 1.0 or 2.0) or plain JSON events (`body`), and function results become HTTP
+//! responses, with API Gateway's own errors (`shared/spec/api-gateway-events.md`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rampart_model::{ACCOUNT_ID, PayloadFormat, function_arn};
+use rampart_runtime::{InvokeError, InvokeRequest};
+use serde_json::{Map, Value, json};
+
+use crate::Gateway;
+use crate::routes::{Matched, decode};
+
+/// API Gateway's request body limit.
+const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Default integration timeouts: REST (1.0) 29 s, HTTP APIs 30 s.
+const REST_TIMEOUT: Duration = Duration::from_secs(29);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A gateway-generated answer: `{"message": ...}` JSON, as API Gateway sends.
+fn gateway_error(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, axum::Json(json!({ "message": message }))).into_response();
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        response.headers_mut().insert("x-amzn-requestid", id);
+    }
+    response
+}
+
+/// Every request of the HTTP listener.
+pub(crate) async fn serve(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY_BYTES))
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+            }
+            Err(_) => return gateway_error(StatusCode::BAD_REQUEST, "Bad Request"),
+        };
+    let table = gateway.routes();
+    let raw_path = parts.uri.path();
+    let Some(matched) = table.find(parts.method.as_str(), raw_path) else {
+        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let format = matched.route.format;
+    let function = matched.route.spec.function.clone();
+    let Some(deployed) = gateway.registry.latest(&function) else {
+        tracing::warn!(%function, route = %matched.route.spec.route, "route names a function that does not exist");
+        return function_failed(format);
+    };
+    let request = HttpRequest {
+        method: parts.method.as_str(),
+        raw_path,
+        raw_query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body: &body,
+        source_ip: peer.ip().to_string(),
+    };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let event = match format {
+        PayloadFormat::V2 => event_v2(&matched, &request, &request_id),
+        PayloadFormat::V1 => event_v1(&matched, &request, &request_id),
+        PayloadFormat::Body => {
+            if body.is_empty() {
+                Bytes::from_static(b"{}")
+            } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+                body.clone()
+            } else {
+                return gateway_error(StatusCode::BAD_REQUEST, "the request body must be JSON");
+            }
+        }
+    };
+    if event.len() > rampart_model::MAX_SYNC_PAYLOAD_BYTES {
+        return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+    }
+    let default_timeout = if format == PayloadFormat::V1 {
+        REST_TIMEOUT
+    } else {
+        HTTP_TIMEOUT
+    };
+    let integration_timeout = matched
+        .route
+        .api
+        .timeout_ms
+        .map_or(default_timeout, Duration::from_millis)
+        .min(deployed.spec.config.timeout() + Duration::from_secs(1));
+    let invoke = InvokeRequest {
+        request_id: request_id.clone(),
+        payload: event,
+        invoked_arn: function_arn(&gateway.region, &function, None),
+        trace_id: format!(
+            "Root=1-{:08x}-{}",
+            jiff::Timestamp::now().as_second(),
+            &request_id.replace('-', "")[..24]
+        ),
+        client_context: None,
+        tail: false,
+    };
+    // The invocation runs on even when the gateway stops waiting, as on AWS.
+    let running = gateway
+        .dispatcher
+        .spawn_invoke(deployed.spec.clone(), invoke);
+    let outcome = match tokio::time::timeout(integration_timeout, running).await {
+        Err(_) => {
+            return match format {
+                PayloadFormat::V1 => {
+                    gateway_error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out")
+                }
+                _ => gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+            };
+        }
+        Ok(Err(_)) => return function_failed(format),
+        Ok(Ok(Err(InvokeError::Throttled { .. }))) => {
+            return gateway_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        }
+        Ok(Ok(Err(InvokeError::ShuttingDown))) => {
+            return gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        }
+        Ok(Ok(Ok(outcome))) => outcome,
+    };
+    if outcome.function_error {
+        return function_failed(format);
+    }
+    let mapped = match format {
+        PayloadFormat::V1 => response_v1(&outcome.body),
+        PayloadFormat::V2 | PayloadFormat::Body => response_v2(&outcome.body),
+    };
+    let mut response = mapped.unwrap_or_else(|why| {
+        tracing::info!(%function, %why, "malformed Lambda proxy response");
+        function_failed(format)
+    });
+    let header = if format == PayloadFormat::V1 {
+        "x-amzn-requestid"
+    } else {
+        "apigw-requestid"
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(header, v);
+    }
+    response
+}
+
+/// A function error or a malformed response, as each format reports it.
+fn function_failed(format: PayloadFormat) -> Response {
+    match format {
+        PayloadFormat::V1 => gateway_error(StatusCode::BAD_GATEWAY, "Internal server error"),
+        _ => gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+    }
+}
+
+struct HttpRequest<'a> {
+    method: &'a str,
+    raw_path: &'a str,
+    raw_query: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    source_ip: String,
+}
+
+impl HttpRequest<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every value of every header, by name, in arrival order.
+    fn header_values(&self) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, value) in self.headers {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            match out.iter_mut().find(|(n, _)| n == name.as_str()) {
+                Some((_, values)) => values.push(value),
+                None => out.push((name.as_str().to_owned(), vec![value])),
+            }
+        }
+        out
+    }
+
+    /// Decoded query parameters, by name, in order.
+    fn query_values(&self) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(self.raw_query.as_bytes()) {
+            match out.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, values)) => values.push(v.into_owned()),
+                None => out.push((k.into_owned(), vec![v.into_owned()])),
+            }
+        }
+        out
+    }
+
+    /// The body as the event carries it: text when it is text, else base64.
+    fn body_field(&self) -> (Option<String>, bool) {
+        if self.body.is_empty() {
+            return (None, false);
+        }
+        let textual = self.header("content-type").is_none_or(is_text_type);
+        match std::str::from_utf8(self.body) {
+            Ok(text) if textual => (Some(text.to_owned()), false),
+            _ => (Some(BASE64.encode(self.body)), true),
+        }
+    }
+
+    fn domain(&self) -> (String, String) {
+        let host = self.header("host").unwrap_or("localhost").to_owned();
+        let prefix = host.split(['.', ':']).next().unwrap_or_default().to_owned();
+        (host, prefix)
+    }
+}
+
+fn is_text_type(content_type: &str) -> bool {
+    let t = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    t.starts_with("text/")
+        || t.ends_with("/json")
+        || t.ends_with("+json")
+        || t.ends_with("/xml")
+        || t.ends_with("+xml")
+        || t == "application/javascript"
+        || t == "application/x-www-form-urlencoded"
+}
+
+/// `dd/MMM/yyyy:HH:mm:ss +0000` and epoch milliseconds.
+fn request_time() -> (String, i64) {
+    let now = jiff::Timestamp::now();
+    (
+        now.strftime("%d/%b/%Y:%H:%M:%S +0000").to_string(),
+        now.as_millisecond(),
+    )
+}
+
+fn params_object(params: &[(String, String)]) -> Map<String, Value> {
+    params
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
+/// Payload format 2.0 (HTTP API).
+fn event_v2(matched: &Matched<'_>, request: &HttpRequest<'_>, request_id: &str) -> Bytes {
+    let route = matched.route;
+    let route_key = match route.template.as_str() {
+        "$default" => "$default".to_owned(),
+        _ => route.spec.route.clone(),
+    };
+    let (time, epoch) = request_time();
+    let (domain, prefix) = request.domain();
+    let mut headers = Map::new();
+    let mut cookies: Vec<Value> = Vec::new();
+    for (name, values) in request.header_values() {
+        if name == "cookie" {
+            for v in &values {
+                cookies.extend(
+                    v.split(';')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Value::String(c.to_owned())),
+                );
+            }
+            continue;
+        }
+        headers.insert(name, Value::String(values.join(",")));
+    }
+    let mut event = json!({
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": request.raw_path,
+        "rawQueryString": request.raw_query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": route.api.name,
+            "domainName": domain,
+            "domainPrefix": prefix,
+            "http": {
+                "method": request.method,
+                "path": decode(request.raw_path),
+                "protocol": "HTTP/1.1",
+                "sourceIp": request.source_ip,
+                "userAgent": request.header("user-agent").unwrap_or_default(),
+            },
+            "requestId": request_id,
+            "routeKey": route_key,
+            "stage": route.api.stage,
+            "time": time,
+            "timeEpoch": epoch,
+        },
+        "isBase64Encoded": false,
+    });
+    if !cookies.is_empty() {
+        event["cookies"] = Value::Array(cookies);
+    }
+    let query = request.query_values();
+    if !query.is_empty() {
+        event["queryStringParameters"] = query
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v.join(","))))
+            .collect::<Map<_, _>>()
+            .into();
+    }
+    if !matched.params.is_empty() {
+        event["pathParameters"] = params_object(&matched.params).into();
+    }
+    let (body, base64) = request.body_field();
+    if let Some(body) = body {
+        event["body"] = body.into();
+        event["isBase64Encoded"] = base64.into();
+    }
+    Bytes::from(event.to_string())
+}
+
+/// Payload format 1.0 (REST API proxy).
+fn event_v1(matched: &Matched<'_>, request: &HttpRequest<'_>, request_id: &str) -> Bytes {
+    let route = matched.route;
+    let resource = match route.template.as_str() {
+        "$default" => "/{proxy+}".to_owned(),
+        t => t.to_owned(),
+    };
+    let (time, epoch) = request_time();
+    let (domain, prefix) = request.domain();
+    let header_values = request.header_values();
+    let headers: Map<_, _> = header_values
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value::String(v.last().cloned().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let multi_headers: Map<_, _> = header_values
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
+    let query = request.query_values();
+    let (single_query, multi_query) = if query.is_empty() {
+        (Value::Null, Value::Null)
+    } else {
+        (
+            query
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Value::String(v.last().cloned().unwrap_or_default()),
+                    )
+                })
+                .collect::<Map<_, _>>()
+                .into(),
+            query
+                .into_iter()
+                .map(|(k, v)| (k, json!(v)))
+                .collect::<Map<_, _>>()
+                .into(),
+        )
+    };
+    let path_params = if matched.params.is_empty() {
+        Value::Null
+    } else {
+        params_object(&matched.params).into()
+    };
+    let (body, base64) = request.body_field();
+    let stage = match route.api.stage.as_str() {
+        "$default" => "$default".to_owned(),
+        s => s.to_owned(),
+    };
+    let event = json!({
+        "resource": resource,
+        "path": decode(&matched.path),
+        "httpMethod": request.method,
+        "headers": headers,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": single_query,
+        "multiValueQueryStringParameters": multi_query,
+        "pathParameters": path_params,
+        "stageVariables": Value::Null,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": route.api.name,
+            "domainName": domain,
+            "domainPrefix": prefix,
+            "extendedRequestId": request_id,
+            "httpMethod": request.method,
+            "identity": {
+                "accessKey": null, "accountId": null, "apiKey": null, "apiKeyId": null,
+                "caller": null, "clientCert": null, "cognitoAuthenticationProvider": null,
+                "cognitoAuthenticationType": null, "cognitoIdentityId": null,
+                "cognitoIdentityPoolId": null, "principalOrgId": null,
+                "sourceIp": request.source_ip,
+                "user": null,
+                "userAgent": request.header("user-agent"),
+                "userArn": null,
+            },
+            "path": decode(request.raw_path),
+            "protocol": "HTTP/1.1",
+            "requestId": request_id,
+            "requestTime": time,
+            "requestTimeEpoch": epoch,
+            "resourceId": route.api.name,
+            "resourcePath": resource,
+            "stage": stage,
+        },
+        "body": body,
+        "isBase64Encoded": base64,
+    });
+    Bytes::from(event.to_string())
+}
+
+/// Header values API Gateway accepts: strings, numbers, booleans.
+fn header_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn put_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    append: bool,
+) -> Result<(), String> {
+    let name =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name '{name}'"))?;
+    let value =
+        HeaderValue::from_str(value).map_err(|_| format!("bad value for header '{name}'"))?;
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+/// The body of a structured response, base64-decoded when flagged so.
+fn body_bytes(object: &Map<String, Value>) -> Result<Bytes, String> {
+    let base64 = match object.get("isBase64Encoded") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("isBase64Encoded must be a boolean".into()),
+    };
+    match object.get("body") {
+        None | Some(Value::Null) => Ok(Bytes::new()),
+        Some(Value::String(s)) if base64 => BASE64
+            .decode(s)
+            .map(Bytes::from)
+            .map_err(|e| format!("body is not valid base64: {e}")),
+        Some(Value::String(s)) => Ok(Bytes::from(s.clone())),
+        Some(_) => Err("body must be a string".into()),
+    }
+}
+
+fn status_of(object: &Map<String, Value>) -> Result<StatusCode, String> {
+    match object.get("statusCode") {
+        None => Ok(StatusCode::OK),
+        Some(v) => v
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| format!("statusCode {v} is not an HTTP status")),
+    }
+}
+
+/// Payload format 1.0 responses: validated strictly (only the five keys).
+fn response_v1(result: &[u8]) -> Result<Response, String> {
+    let value: Value = serde_json::from_slice(result).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value.as_object().ok_or("not a JSON object")?;
+    if let Some(extra) = object.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "statusCode" | "headers" | "multiValueHeaders" | "body" | "isBase64Encoded"
+        )
+    }) {
+        return Err(format!("unexpected key '{extra}'"));
+    }
+    let mut response = Response::new(Body::from(body_bytes(object)?));
+    *response.status_mut() = status_of(object)?;
+    let headers = response.headers_mut();
+    if let Some(h) = object.get("headers").filter(|h| !h.is_null()) {
+        for (name, value) in h.as_object().ok_or("headers must be an object")? {
+            let text =
+                header_text(value).ok_or_else(|| format!("header '{name}' must be a string"))?;
+            put_header(headers, name, &text, false)?;
+        }
+    }
+    if let Some(h) = object.get("multiValueHeaders").filter(|h| !h.is_null()) {
+        for (name, values) in h.as_object().ok_or("multiValueHeaders must be an object")? {
+            let values = values
+                .as_array()
+                .ok_or_else(|| format!("multiValueHeaders '{name}' must be a list"))?;
+            // The list wins over the single value of the same name.
+            headers.remove(name.as_str());
+            for value in values {
+                let text = header_text(value)
+                    .ok_or_else(|| format!("header '{name}' must hold strings"))?;
+                put_header(headers, name, &text, true)?;
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// Payload format 2.0 responses: a structured object when it has `statusCode`, else inferred
+/// (200, the JSON text as the body).
+fn response_v2(result: &[u8]) -> Result<Response, String> {
+    let value: Value = serde_json::from_slice(result).map_err(|e| format!("not JSON: {e}"))?;
+    let structured = value.as_object().filter(|o| o.contains_key("statusCode"));
+    let Some(object) = structured else {
+        let mut response = Response::new(Body::from(Bytes::copy_from_slice(result)));
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return Ok(response);
+    };
+    let mut response = Response::new(Body::from(body_bytes(object)?));
+    *response.status_mut() = status_of(object)?;
+    let headers = response.headers_mut();
+    if let Some(h) = object.get("headers").filter(|h| !h.is_null()) {
+        for (name, value) in h.as_object().ok_or("headers must be an object")? {
+            let text =
+                header_text(value).ok_or_else(|| format!("header '{name}' must be a string"))?;
+            put_header(headers, name, &text, false)?;
+        }
+    }
+    if let Some(c) = object.get("cookies").filter(|c| !c.is_null()) {
+        for cookie in c.as_array().ok_or("cookies must be a list")? {
+            let text = cookie.as_str().ok_or("cookies must hold strings")?;
+            put_header(headers, "set-cookie", text, true)?;
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,551 @@
+//! HTTP API routes: API Gateway proxy events (1.0 and 2.0), `body` mode, response mapping,
+//! gateway errors, deploys without a restart, and the counter routes through curl.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use crate::harness::Server;
+
+/// Returns its event as the body of a 200 response, so tests can read what the route sent.
+const ECHO_EVENT: &str = r#"
+import json
+def handler(event, context):
+    return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(event)}
+"#;
+
+/// Answers with whatever response shape the request asks for (in its JSON body).
+const SHAPED: &str = r#"
+import json, time
+def handler(event, context):
+    body = event.get("body") if "requestContext" in event else json.dumps(event)
+    ask = json.loads(body or "{}")
+    if ask.get("sleep"):
+        time.sleep(ask["sleep"])
+    if ask.get("raise"):
+        raise RuntimeError("asked to fail")
+    return ask["respond"]
+"#;
+
+async fn put_api(server: &Server, api: Value) -> reqwest::Response {
+    let name = api["name"].as_str().unwrap().to_owned();
+    server
+        .http
+        .put(server.url(&format!("/rampart/v1/apis/{name}")))
+        .json(&api)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn setup() -> Server {
+    let server = Server::start();
+    server
+        .deploy(
+            "echo",
+            "python3.12",
+            "app.handler",
+            &[("app.py", ECHO_EVENT)],
+            json!({}),
+        )
+        .await;
+    server
+        .deploy(
+            "shaped",
+            "python3.12",
+            "app.handler",
+            &[("app.py", SHAPED)],
+            json!({"Timeout": 5}),
+        )
+        .await;
+    server
+}
+
+fn route_url(server: &Server, path: &str) -> String {
+    format!("{}{path}", server.http_endpoint)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_format_2_event_has_every_field() {
+    let server = setup().await;
+    let r = put_api(
+        &server,
+        json!({"name": "v2", "routes": [{"route": "POST /pets/{id}/{rest+}", "function": "echo"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = server
+        .http
+        .post(route_url(
+            &server,
+            "/pets/42/a/b%20c?x=1&x=2&y=hello%20world",
+        ))
+        .header("cookie", "c1=v1; c2=v2")
+        .header("x-multi", "a")
+        .header("x-multi", "b")
+        .header("user-agent", "rampart-test")
+        .header("content-type", "application/json")
+        .body(r#"{"k":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("apigw-requestid"));
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["version"], "2.0");
+    assert_eq!(e["routeKey"], "POST /pets/{id}/{rest+}");
+    assert_eq!(e["rawPath"], "/pets/42/a/b%20c");
+    assert_eq!(e["rawQueryString"], "x=1&x=2&y=hello%20world");
+    assert_eq!(e["cookies"], json!(["c1=v1", "c2=v2"]));
+    assert!(
+        e["headers"].get("cookie").is_none(),
+        "cookies leave the headers"
+    );
+    assert_eq!(e["headers"]["x-multi"], "a,b");
+    assert_eq!(e["headers"]["user-agent"], "rampart-test");
+    assert_eq!(
+        e["queryStringParameters"],
+        json!({"x": "1,2", "y": "hello world"})
+    );
+    assert_eq!(e["pathParameters"], json!({"id": "42", "rest": "a/b c"}));
+    assert!(e.get("stageVariables").is_none());
+    assert_eq!(e["body"], r#"{"k":1}"#);
+    assert_eq!(e["isBase64Encoded"], false);
+    let ctx = &e["requestContext"];
+    assert_eq!(ctx["apiId"], "v2");
+    assert_eq!(ctx["stage"], "$default");
+    assert_eq!(ctx["routeKey"], "POST /pets/{id}/{rest+}");
+    assert_eq!(ctx["http"]["method"], "POST");
+    assert_eq!(ctx["http"]["path"], "/pets/42/a/b c");
+    assert_eq!(ctx["http"]["protocol"], "HTTP/1.1");
+    assert_eq!(ctx["http"]["sourceIp"], "127.0.0.1");
+    assert_eq!(ctx["http"]["userAgent"], "rampart-test");
+    assert_eq!(ctx["requestId"].as_str().unwrap().len(), 36);
+    let time = ctx["time"].as_str().unwrap();
+    assert!(time.ends_with(" +0000") && time.len() == 26, "{time}");
+    assert!(ctx["timeEpoch"].as_i64().unwrap() > 1_700_000_000_000);
+    // No query, no body, no cookies: those keys are absent, not null.
+    let e: Value = server
+        .http
+        .post(route_url(&server, "/pets/1/x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for key in ["queryStringParameters", "cookies", "body"] {
+        assert!(e.get(key).is_none(), "{key} should be omitted: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_format_1_event_has_every_field() {
+    let server = setup().await;
+    let r = put_api(
+        &server,
+        json!({"name": "rest", "stage": "prod", "payload_format": "1.0",
+               "routes": [{"route": "ANY /items/{id}", "function": "echo"}, {"route": "GET /plain", "function": "echo"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = server
+        .http
+        .put(route_url(&server, "/prod/items/7?a=1&a=2"))
+        .header("x-multi", "a")
+        .header("x-multi", "b")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-amzn-requestid"));
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["resource"], "/items/{id}");
+    assert_eq!(e["path"], "/items/7");
+    assert_eq!(e["httpMethod"], "PUT");
+    assert_eq!(e["headers"]["x-multi"], "b", "the last value");
+    assert_eq!(e["multiValueHeaders"]["x-multi"], json!(["a", "b"]));
+    assert_eq!(e["queryStringParameters"], json!({"a": "2"}));
+    assert_eq!(
+        e["multiValueQueryStringParameters"],
+        json!({"a": ["1", "2"]})
+    );
+    assert_eq!(e["pathParameters"], json!({"id": "7"}));
+    assert_eq!(e["stageVariables"], Value::Null);
+    assert_eq!(e["body"], "hi");
+    assert_eq!(e["isBase64Encoded"], false);
+    let ctx = &e["requestContext"];
+    assert_eq!(ctx["path"], "/prod/items/7");
+    assert_eq!(ctx["stage"], "prod");
+    assert_eq!(ctx["resourcePath"], "/items/{id}");
+    assert_eq!(ctx["httpMethod"], "PUT");
+    assert_eq!(ctx["identity"]["sourceIp"], "127.0.0.1");
+    assert!(ctx["identity"]["caller"].is_null());
+    assert!(ctx["requestTime"].as_str().unwrap().ends_with(" +0000"));
+    // Nulls where there is nothing.
+    let e: Value = server
+        .http
+        .get(route_url(&server, "/prod/plain"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for key in [
+        "queryStringParameters",
+        "multiValueQueryStringParameters",
+        "pathParameters",
+        "body",
+    ] {
+        assert!(e[key].is_null(), "{key} should be null: {e}");
+    }
+    // Without the stage prefix there is no such route.
+    let r = server
+        .http
+        .get(route_url(&server, "/plain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+async fn shaped(server: &Server, path: &str, ask: Value) -> reqwest::Response {
+    server
+        .http
+        .post(route_url(server, path))
+        .json(&ask)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_errors_map_as_api_gateway_does() {
+    let server = setup().await;
+    let r = put_api(
+        &server,
+        json!({"name": "shapes", "timeout_ms": 1000, "routes": [
+            {"route": "POST /v2", "function": "shaped"},
+            {"route": "POST /v1", "function": "shaped", "payload_format": "1.0"},
+            {"route": "POST /body", "function": "shaped", "payload_format": "body"},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+
+    // 2.0: structured response with headers, cookies and a base64 body.
+    let png = [0x89u8, b'P', b'N', b'G', 0, 255];
+    let r = shaped(
+        &server,
+        "/v2",
+        json!({"respond": {
+        "statusCode": 201, "headers": {"x-a": "1", "x-n": 5},
+        "cookies": ["a=1; Secure", "b=2"], "body": BASE64.encode(png), "isBase64Encoded": true}}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-a"], "1");
+    assert_eq!(r.headers()["x-n"], "5");
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cookies, ["a=1; Secure", "b=2"]);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), png);
+    // 2.0 inference: JSON without statusCode is a 200 with the JSON as body.
+    let r = shaped(&server, "/v2", json!({"respond": {"hello": "world"}})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"hello": "world"}));
+    // Function error: 500 for 2.0, 502 for 1.0.
+    let r = shaped(&server, "/v2", json!({"raise": true})).await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Internal Server Error"})
+    );
+    let r = shaped(&server, "/v1", json!({"raise": true})).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Internal server error"})
+    );
+    // 1.0 is strict: an extra key is a malformed response.
+    let r = shaped(
+        &server,
+        "/v1",
+        json!({"respond": {"statusCode": 200, "body": "x", "extra": 1}}),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    let r = shaped(
+        &server,
+        "/v1",
+        json!({"respond": {"statusCode": 200, "body": 5}}),
+    )
+    .await;
+    assert_eq!(r.status(), 502, "a non-string body is malformed");
+    // 1.0 multiValueHeaders.
+    let r = shaped(
+        &server,
+        "/v1",
+        json!({"respond": {"statusCode": 202, "headers": {"x-one": "1"},
+        "multiValueHeaders": {"set-cookie": ["a=1", "b=2"]}, "body": "done"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["x-one"], "1");
+    assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+    assert_eq!(r.text().await.unwrap(), "done");
+    // Integration timeout: 503 for 2.0 (504 for 1.0); the gateway answers, the function runs on.
+    let started = tokio::time::Instant::now();
+    let r = shaped(&server, "/v2", json!({"sleep": 2, "respond": 1})).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Service Unavailable"})
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = shaped(&server, "/v1", json!({"sleep": 2, "respond": 1})).await;
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Endpoint request timed out"})
+    );
+    // body mode: the JSON body is the event.
+    let r = shaped(
+        &server,
+        "/body",
+        json!({"respond": {"statusCode": 418, "body": "teapot"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 418);
+    assert_eq!(r.text().await.unwrap(), "teapot");
+    let r = server
+        .http
+        .post(route_url(&server, "/body"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Unknown route.
+    let r = server
+        .http
+        .get(route_url(&server, "/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Not Found"})
+    );
+    // Over 10 MB.
+    let r = server
+        .http
+        .post(route_url(&server, "/v2"))
+        .body(vec![b'x'; 10 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_bodies_round_trip_as_base64() {
+    let server = setup().await;
+    let echo_body = r#"
+def handler(event, context):
+    return {"statusCode": 200, "body": event["body"], "isBase64Encoded": event["isBase64Encoded"],
+            "headers": {"content-type": "application/octet-stream"}}
+"#;
+    server
+        .deploy(
+            "bin",
+            "python3.12",
+            "app.handler",
+            &[("app.py", echo_body)],
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        put_api(
+            &server,
+            json!({"name": "bin", "routes": [{"route": "POST /bin", "function": "bin"}]})
+        )
+        .await
+        .status(),
+        200
+    );
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let r = server
+        .http
+        .post(route_url(&server, "/bin"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apis_deploy_without_restart_and_conflicts_are_refused() {
+    let server = setup().await;
+    assert_eq!(
+        put_api(
+            &server,
+            json!({"name": "a", "routes": [{"route": "GET /x/{id}", "function": "echo"}]})
+        )
+        .await
+        .status(),
+        200
+    );
+    let r = put_api(
+        &server,
+        json!({"name": "b", "routes": [{"route": "GET /x/{name}", "function": "echo"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("'GET /x/{name}' of API 'b'")
+            && message.contains("'GET /x/{id}' of API 'a'"),
+        "{message}"
+    );
+    let r = put_api(
+        &server,
+        json!({"name": "c", "routes": [{"route": "GET /y", "function": "missing"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    // Replacing an API's routes takes effect at once.
+    assert_eq!(
+        server
+            .http
+            .get(route_url(&server, "/x/1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        put_api(
+            &server,
+            json!({"name": "a", "routes": [{"route": "GET /z", "function": "echo"}]})
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        server
+            .http
+            .get(route_url(&server, "/x/1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        server
+            .http
+            .get(route_url(&server, "/z"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, list) = server.get_json("/rampart/v1/apis").await;
+    assert_eq!(list["apis"].as_array().unwrap().len(), 1);
+    let r = server
+        .http
+        .delete(server.url("/rampart/v1/apis/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        server
+            .http
+            .get(route_url(&server, "/z"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_routes_answer_curl_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = format!("{}/../../examples/counter", env!("CARGO_MANIFEST_DIR"));
+    let mut server = Server::start_in(dir.path(), &[], &[]);
+    // Only the Python counter and the routes: a manifest of our own around the example's code.
+    let manifest = format!(
+        "[[function]]\nname = \"counter\"\nruntime = \"python3.12\"\nhandler = \"lambda_function.lambda_handler\"\ncode = \"{project}/python\"\n\n{}",
+        std::fs::read_to_string(format!("{project}/rampart.toml"))
+            .unwrap()
+            .split("[[api]]")
+            .nth(1)
+            .map(|a| format!("[[api]]{a}"))
+            .unwrap()
+    );
+    let proj = tempfile::tempdir().unwrap();
+    std::fs::write(proj.path().join("rampart.toml"), manifest).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "deploy",
+            proj.path().to_str().unwrap(),
+            "--endpoint",
+            &server.endpoint,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let post = |server: &Server| {
+        run(vec![
+            "-d".into(),
+            r#"{"counter":1,"operation":"increment"}"#.into(),
+            route_url(server, "/counter"),
+        ])
+    };
+    assert_eq!(post(&server), "{\"counter\": 2}\n200");
+    let get = run(vec![route_url(&server, "/counter/decrement?counter=5")]);
+    assert_eq!(get, "{\"counter\": 4}\n200");
+    let bad = run(vec![route_url(&server, "/counter/jump?counter=5")]);
+    assert_eq!(bad, "{\"error\": \"Invalid operation\"}\n400");
+    // Routes are stored: after kill -9 and a restart they are served again.
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[], &[]);
+    assert_eq!(post(&server), "{\"counter\": 2}\n200");
+}
