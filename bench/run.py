@@ -79,7 +79,8 @@ def main():
     )
     echo = subprocess.Popen([ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     try:
-        endpoint = json.loads(wait_line(server, '"ready"'))["endpoint"]
+        ready = json.loads(wait_line(server, '"ready"'))
+        endpoint, http_endpoint = ready["endpoint"], ready["http_endpoint"]
         echo_url = "http://" + wait_line(echo, "listening").split()[1] + "/"
         subprocess.run([RAMPART, "deploy", os.path.join(ROOT, "bench", "functions"), "--endpoint", endpoint],
                        check=True, stdout=subprocess.DEVNULL)
@@ -87,13 +88,17 @@ def main():
         for clients in (1, 32):
             base = wrk(echo_url, clients, args.duration)
             rows.append(("baseline: loopback HTTP echo", clients, base, None))
-            for fn in ("echo-rust", "echo-python"):
-                url = f"{endpoint}/2015-03-31/functions/{fn}/invocations"
+            targets = [
+                ("invoke echo-rust", f"{endpoint}/2015-03-31/functions/echo-rust/invocations"),
+                ("route POST /echo -> echo-rust", f"{http_endpoint}/echo"),
+                ("invoke echo-python", f"{endpoint}/2015-03-31/functions/echo-python/invocations"),
+            ]
+            for name, url in targets:
                 # Warm one instance per client, concurrently, so the run measures warm invokes.
                 with concurrent.futures.ThreadPoolExecutor(clients) as pool:
                     for _ in range(3):
                         list(pool.map(lambda _: post(url, PAYLOAD), range(clients)))
-                rows.append((f"invoke {fn}", clients, wrk(url, clients, args.duration), base))
+                rows.append((name, clients, wrk(url, clients, args.duration), base))
 
         print(f"\n## Warm invocations ({args.duration} s per run, wrk, payload {len(PAYLOAD)} B)\n")
         print("| target | clients | req/s | p50 ms | p99 ms | req/s vs baseline | p50 vs baseline |")
