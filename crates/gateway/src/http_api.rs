@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rampart_model::{ACCOUNT_ID, PayloadFormat, function_arn};
+use rampart_model::{ACCOUNT_ID, CorsConfig, PayloadFormat, function_arn};
 use rampart_runtime::{InvokeError, InvokeRequest};
 use serde_json::{Map, Value, json};
 
@@ -33,6 +33,54 @@ fn gateway_error(status: StatusCode, message: &str) -> Response {
     response
 }
 
+/// Longest request target (path and query) accepted.
+const MAX_TARGET_BYTES: usize = 8192;
+/// Most header bytes (names and values) accepted, as API Gateway's 10 KB.
+const MAX_HEADER_BYTES: usize = 10 * 1024;
+
+/// Refuses what API Gateway refuses before routing: over-long targets or headers, and
+/// malformed percent-encoding.
+fn check_request(parts: &axum::http::request::Parts) -> Result<(), &'static str> {
+    let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    if target.len() > MAX_TARGET_BYTES {
+        return Err("the request URI is too long");
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err("the request headers are too large");
+    }
+    let well_encoded = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = bytes.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            } else {
+                i += 1;
+            }
+        }
+        true
+    };
+    let path = parts.uri.path();
+    if !well_encoded(path)
+        || !well_encoded(parts.uri.query().unwrap_or(""))
+        || percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .is_err()
+    {
+        return Err("malformed percent-encoding");
+    }
+    Ok(())
+}
+
 /// Every request of the HTTP listener.
 pub(crate) async fn serve(
     State(gateway): State<Arc<Gateway>>,
@@ -40,6 +88,114 @@ pub(crate) async fn serve(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    if let Err(why) = check_request(&parts) {
+        tracing::debug!(%why, "refused an HTTP request");
+        return gateway_error(StatusCode::BAD_REQUEST, "Bad Request");
+    }
+    let table = gateway.routes();
+    let origin = parts
+        .headers
+        .get("origin")
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let preflight_method = parts
+        .headers
+        .get("access-control-request-method")
+        .and_then(|m| m.to_str().ok());
+    if parts.method == axum::http::Method::OPTIONS
+        && let (Some(origin), Some(method)) = (&origin, preflight_method)
+        && let Some(matched) = table.find(method, parts.uri.path())
+        && let Some(cors) = &matched.route.api.cors
+    {
+        // Answered by the gateway itself: the function is not invoked.
+        return preflight(cors, origin, &parts.headers);
+    }
+    let Some(matched) = table.find(parts.method.as_str(), parts.uri.path()) else {
+        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let mut response = route_request(&gateway, &matched, &parts, body, peer).await;
+    if let (Some(cors), Some(origin)) = (&matched.route.api.cors, &origin) {
+        apply_cors(&mut response, cors, origin);
+    }
+    response
+}
+
+/// A preflight answer from the API's CORS configuration.
+fn preflight(cors: &CorsConfig, origin: &str, request: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let Some(allowed) = cors.allowed_origin(origin) else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("access-control-allow-origin", allowed);
+    put("access-control-allow-methods", cors.allow_methods.join(","));
+    let allow_headers = if cors.allow_headers.iter().any(|h| h == "*") {
+        request
+            .get("access-control-request-headers")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("*")
+            .to_owned()
+    } else {
+        cors.allow_headers.join(",")
+    };
+    if !allow_headers.is_empty() {
+        put("access-control-allow-headers", allow_headers);
+    }
+    if let Some(age) = cors.max_age {
+        put("access-control-max-age", age.to_string());
+    }
+    if cors.allow_credentials {
+        put("access-control-allow-credentials", "true".into());
+    }
+    put("vary", "Origin".into());
+    response
+}
+
+/// The API's CORS headers on a response, replacing any the function set (as HTTP APIs do).
+fn apply_cors(response: &mut Response, cors: &CorsConfig, origin: &str) {
+    let headers = response.headers_mut();
+    let theirs: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in theirs {
+        headers.remove(name);
+    }
+    let Some(allowed) = cors.allowed_origin(origin) else {
+        return;
+    };
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("access-control-allow-origin", allowed);
+    if !cors.expose_headers.is_empty() {
+        put(
+            "access-control-expose-headers",
+            cors.expose_headers.join(","),
+        );
+    }
+    if cors.allow_credentials {
+        put("access-control-allow-credentials", "true".into());
+    }
+    put("vary", "Origin".into());
+}
+
+/// Invokes the matched route's function and maps its result.
+async fn route_request(
+    gateway: &Gateway,
+    matched: &Matched<'_>,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    peer: std::net::SocketAddr,
+) -> Response {
     let body =
         match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY_BYTES))
             .await
@@ -53,11 +209,7 @@ pub(crate) async fn serve(
             }
             Err(_) => return gateway_error(StatusCode::BAD_REQUEST, "Bad Request"),
         };
-    let table = gateway.routes();
     let raw_path = parts.uri.path();
-    let Some(matched) = table.find(parts.method.as_str(), raw_path) else {
-        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
-    };
     let format = matched.route.format;
     let function = matched.route.spec.function.clone();
     let Some(deployed) = gateway.registry.latest(&function) else {
@@ -74,8 +226,8 @@ pub(crate) async fn serve(
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let event = match format {
-        PayloadFormat::V2 => event_v2(&matched, &request, &request_id),
-        PayloadFormat::V1 => event_v1(&matched, &request, &request_id),
+        PayloadFormat::V2 => event_v2(matched, &request, &request_id),
+        PayloadFormat::V1 => event_v1(matched, &request, &request_id),
         PayloadFormat::Body => {
             if body.is_empty() {
                 Bytes::from_static(b"{}")

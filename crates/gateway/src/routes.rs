@@ -210,6 +210,7 @@ mod tests {
             stage: stage.into(),
             payload_format: PayloadFormat::V2,
             timeout_ms: None,
+            cors: None,
             routes: routes
                 .iter()
                 .map(|r| RouteSpec {

@@ -59,6 +59,46 @@ pub struct ApiSpec {
     pub timeout_ms: Option<u64>,
     /// The routes.
     pub routes: Vec<RouteSpec>,
+    /// CORS: when set, the gateway answers preflights itself and adds the headers to responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+/// An API's CORS configuration, as HTTP APIs' `CorsConfiguration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins (`*` for any).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Allowed methods (`*` for any).
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers (`*` for any).
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to the browser.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a preflight may be cached, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+    /// Whether credentials are allowed (not with origin `*`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+impl CorsConfig {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
+    pub fn allowed_origin(&self, origin: &str) -> Option<String> {
+        if self.allow_origins.iter().any(|o| o == "*") {
+            return Some("*".into());
+        }
+        self.allow_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+            .then(|| origin.to_owned())
+    }
 }
 
 fn default_stage() -> String {
@@ -197,6 +237,15 @@ impl ApiSpec {
                 ),
             ));
         }
+        if let Some(cors) = &self.cors
+            && cors.allow_credentials
+            && cors.allow_origins.iter().any(|o| o == "*")
+        {
+            return Err(ValidationError::new(
+                "cors",
+                "allow_credentials cannot be combined with allow_origins = [\"*\"]",
+            ));
+        }
         if self
             .timeout_ms
             .is_some_and(|t| !(50..=900_000).contains(&t))
@@ -278,6 +327,7 @@ mod tests {
             payload_format: PayloadFormat::V2,
             timeout_ms: None,
             routes: vec![route("GET /a"), route("ANY /{proxy+}")],
+            cors: None,
         };
         assert!(api.validate().is_ok());
         api.routes.push(route("GET /a"));
@@ -285,5 +335,12 @@ mod tests {
         api.routes.pop();
         api.stage = "bad stage".into();
         assert_eq!(api.validate().unwrap_err().field, "stage");
+        api.stage = "$default".into();
+        api.cors = Some(CorsConfig {
+            allow_origins: vec!["*".into()],
+            allow_credentials: true,
+            ..CorsConfig::default()
+        });
+        assert_eq!(api.validate().unwrap_err().field, "cors");
     }
 }

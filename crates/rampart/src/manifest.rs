@@ -85,6 +85,8 @@ struct ApiEntry {
     timeout: Option<String>,
     #[serde(default)]
     route: Vec<rampart_model::RouteSpec>,
+    #[serde(default)]
+    cors: Option<rampart_model::CorsConfig>,
 }
 
 /// A validated function of a project.
@@ -171,6 +173,7 @@ impl Manifest {
                 payload_format: entry.payload_format.unwrap_or_default(),
                 timeout_ms,
                 routes: entry.route,
+                cors: entry.cors,
             };
             api.validate().map_err(|e| {
                 anyhow::anyhow!("{file}: api {label}: field '{}': {}", e.field, e.message)

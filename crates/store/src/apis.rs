@@ -56,6 +56,7 @@ mod tests {
             stage: "$default".into(),
             payload_format: PayloadFormat::V1,
             timeout_ms: Some(500),
+            cors: None,
             routes: vec![RouteSpec {
                 route: "GET /a".into(),
                 function: "f".into(),

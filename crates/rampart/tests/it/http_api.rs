@@ -549,3 +549,139 @@ async fn counter_routes_answer_curl_and_survive_a_restart() {
     let server = Server::start_in(dir.path(), &[], &[]);
     assert_eq!(post(&server), "{\"counter\": 2}\n200");
 }
+
+/// Records each invocation in `<data dir>/witness`, then answers with a CORS header of its own.
+const WITNESS: &str = r#"
+import os
+def handler(event, context):
+    with open(os.environ["TMPDIR"] + "/../../witness", "a") as f:
+        f.write(event.get("rawPath", "?") + "\n")
+    return {"statusCode": 200, "headers": {"access-control-allow-origin": "*", "x-total": "3"}, "body": "ok"}
+"#;
+
+async fn witness_server() -> Server {
+    let server = Server::start();
+    server
+        .deploy(
+            "witness",
+            "python3.12",
+            "app.handler",
+            &[("app.py", WITNESS)],
+            json!({}),
+        )
+        .await;
+    let r = put_api(
+        &server,
+        json!({"name": "web", "routes": [{"route": "ANY /{proxy+}", "function": "witness"}],
+               "cors": {"allow_origins": ["https://app.example"], "allow_methods": ["GET", "POST"],
+                        "allow_headers": ["content-type"], "expose_headers": ["x-total"],
+                        "max_age": 600, "allow_credentials": true}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    server
+}
+
+fn witnessed(server: &Server) -> String {
+    std::fs::read_to_string(server.data_dir.join("witness")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_never_reach_a_function() {
+    let server = witness_server().await;
+    let get = |path: String| {
+        let http = server.http.clone();
+        let url = route_url(&server, &path);
+        async move { http.get(url).send().await.unwrap() }
+    };
+    for path in [
+        "/a%zz".to_string(),
+        "/a%2".to_string(),
+        "/a?q=%G1".to_string(),
+        "/a%ff%fe".to_string(),
+        format!("/{}", "a".repeat(9000)),
+    ] {
+        let r = get(path.clone()).await;
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"message": "Bad Request"})
+        );
+    }
+    let r = server
+        .http
+        .get(route_url(&server, "/a"))
+        .header("x-big", "v".repeat(11 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        witnessed(&server),
+        "",
+        "no bad request reached the function"
+    );
+    // A good one does.
+    assert_eq!(get("/a%20b".into()).await.status(), 200);
+    assert_eq!(witnessed(&server), "/a%20b\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_by_the_gateway() {
+    let server = witness_server().await;
+    let r = server
+        .http
+        .request(reqwest::Method::OPTIONS, route_url(&server, "/items"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-allow-headers"], "content-type");
+    assert_eq!(h["access-control-max-age"], "600");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(
+        witnessed(&server),
+        "",
+        "a preflight does not invoke the function"
+    );
+    // Actual requests get the API's headers, not the function's.
+    let r = server
+        .http
+        .post(route_url(&server, "/items"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-total");
+    assert_eq!(r.headers()["x-total"], "3");
+    // Another origin gets no CORS headers at all.
+    let r = server
+        .http
+        .post(route_url(&server, "/items"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = server
+        .http
+        .request(reqwest::Method::OPTIONS, route_url(&server, "/items"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
