@@ -16,6 +16,7 @@ use rampart_runtime::{InvokeError, InvokeRequest};
 use serde_json::{Map, Value, json};
 
 use crate::Gateway;
+use crate::keys::Refusal;
 use crate::routes::{Matched, decode};
 
 /// API Gateway's request body limit.
@@ -211,6 +212,29 @@ async fn route_request(
         };
     let raw_path = parts.uri.path();
     let format = matched.route.format;
+    if matched.route.spec.api_key_required {
+        let presented = parts.headers.get("x-api-key").and_then(|k| k.to_str().ok());
+        match gateway
+            .keys
+            .admit(gateway.registry.store(), presented)
+            .await
+        {
+            Ok(()) => {}
+            Err(Refusal::Forbidden) => return gateway_error(StatusCode::FORBIDDEN, "Forbidden"),
+            Err(Refusal::QuotaExceeded) => {
+                return gateway_error(StatusCode::TOO_MANY_REQUESTS, "Limit Exceeded");
+            }
+            Err(Refusal::Throttled(wait)) => {
+                let mut response =
+                    gateway_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
+                return response;
+            }
+        }
+    }
     let function = matched.route.spec.function.clone();
     let Some(deployed) = gateway.registry.latest(&function) else {
         tracing::warn!(%function, route = %matched.route.spec.route, "route names a function that does not exist");

@@ -9,6 +9,7 @@ mod control;
 mod error;
 mod http_api;
 mod invoke;
+mod keys;
 mod manage;
 mod registry;
 mod routes;
@@ -18,7 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use rampart_runtime::Dispatcher;
 
 pub use error::ApiError;
@@ -35,6 +36,8 @@ pub struct Gateway {
     routes: RwLock<Arc<RouteTable>>,
     /// Serialises API deploys (check conflicts, store, swap).
     api_changes: tokio::sync::Mutex<()>,
+    /// API keys and usage plans.
+    keys: keys::Keys,
 }
 
 impl Gateway {
@@ -53,7 +56,11 @@ impl Gateway {
             .await
             .map_err(|e| format!("reading APIs: {e}"))?;
         let routes = RouteTable::build(&apis)?;
+        let keys = keys::Keys::load(registry.store())
+            .await
+            .map_err(|e| format!("reading API keys: {e}"))?;
         Ok(Arc::new(Self {
+            keys,
             registry,
             dispatcher,
             region,
@@ -127,6 +134,16 @@ impl Gateway {
             )
             .route("/rampart/v1/health", get(|| async { "ok" }))
             .route("/rampart/v1/apis", get(manage::list_apis))
+            .route(
+                "/rampart/v1/keys",
+                get(manage::list_keys).post(manage::create_key),
+            )
+            .route("/rampart/v1/keys/{name}", delete(manage::delete_key))
+            .route("/rampart/v1/plans", get(manage::list_plans))
+            .route(
+                "/rampart/v1/plans/{name}",
+                put(manage::put_plan).delete(manage::delete_plan),
+            )
             .route(
                 "/rampart/v1/apis/{name}",
                 put(manage::put_api).delete(manage::delete_api),

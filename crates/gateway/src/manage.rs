@@ -132,3 +132,125 @@ pub(crate) async fn delete_api(
     *gateway.routes.write().expect("routes lock") = Arc::new(table);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+/// `POST /rampart/v1/keys`: creates a key; the secret is in this answer and nowhere else.
+pub(crate) async fn create_key(
+    State(gateway): State<Arc<Gateway>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input: NewKey = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_content(format!("could not parse the key: {e}")))?;
+    rampart_model::FunctionName::parse(&input.name).map_err(|_| {
+        ApiError::invalid_parameter(format!(
+            "key name '{}' must be 1 to 64 characters of [a-zA-Z0-9-_]",
+            input.name
+        ))
+    })?;
+    if let Some(plan) = &input.plan
+        && !gateway.keys.has_plan(plan)
+    {
+        return Err(ApiError::invalid_parameter(format!(
+            "usage plan '{plan}' does not exist"
+        )));
+    }
+    let secret =
+        crate::keys::new_secret().map_err(|e| ApiError::internal(&std::io::Error::other(e)))?;
+    let key = rampart_store::ApiKey {
+        name: input.name.clone(),
+        hash: crate::keys::hash(&secret),
+        plan: input.plan.clone(),
+        created_ms: jiff::Timestamp::now().as_millisecond(),
+    };
+    gateway.registry.store().create_key(key.clone()).await?;
+    gateway.keys.remember(&key);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": input.name, "plan": input.plan, "key": secret})),
+    ))
+}
+
+/// `GET /rampart/v1/keys`: names, plans and usage; never secrets.
+pub(crate) async fn list_keys(
+    State(gateway): State<Arc<Gateway>>,
+) -> Result<Json<Value>, ApiError> {
+    let store = gateway.registry.store();
+    let mut out = Vec::new();
+    for key in store.list_keys().await? {
+        let (day, month) = gateway.keys.usage(store, &key.name).await?;
+        out.push(json!({
+            "name": key.name, "plan": key.plan, "created_ms": key.created_ms,
+            "requests_today": day, "requests_this_month": month,
+        }));
+    }
+    Ok(Json(json!({ "keys": out })))
+}
+
+/// `DELETE /rampart/v1/keys/{name}`.
+pub(crate) async fn delete_key(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    if !gateway.registry.store().delete_key(&name).await? {
+        return Err(ApiError::not_found(format!("API key not found: {name}")));
+    }
+    gateway.keys.forget(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /rampart/v1/plans/{name}`: creates or replaces a usage plan.
+pub(crate) async fn put_plan(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let plan: rampart_model::UsagePlan = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_content(format!("could not parse the plan: {e}")))?;
+    plan.validate()?;
+    rampart_model::FunctionName::parse(&name).map_err(|_| {
+        ApiError::invalid_parameter(format!(
+            "plan name '{name}' must be 1 to 64 characters of [a-zA-Z0-9-_]"
+        ))
+    })?;
+    gateway
+        .registry
+        .store()
+        .put_plan(name.clone(), plan.clone())
+        .await?;
+    gateway.keys.set_plan(&name, Some(plan.clone()));
+    Ok(Json(json!({"name": name, "plan": plan})))
+}
+
+/// `GET /rampart/v1/plans`.
+pub(crate) async fn list_plans(
+    State(gateway): State<Arc<Gateway>>,
+) -> Result<Json<Value>, ApiError> {
+    let plans: Vec<Value> = gateway
+        .registry
+        .store()
+        .list_plans()
+        .await?
+        .into_iter()
+        .map(|(name, plan)| json!({"name": name, "plan": plan}))
+        .collect();
+    Ok(Json(json!({ "plans": plans })))
+}
+
+/// `DELETE /rampart/v1/plans/{name}`: keys on it keep working, without limits.
+pub(crate) async fn delete_plan(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    if !gateway.registry.store().delete_plan(&name).await? {
+        return Err(ApiError::not_found(format!("usage plan not found: {name}")));
+    }
+    gateway.keys.set_plan(&name, None);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -217,6 +217,7 @@ mod tests {
                     route: (*r).into(),
                     function: format!("fn-{}", r.len()),
                     payload_format: None,
+                    api_key_required: false,
                 })
                 .collect(),
         }

@@ -39,6 +39,52 @@ pub struct RouteSpec {
     /// Overrides the API's payload format for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_format: Option<PayloadFormat>,
+    /// Requests must carry a valid `x-api-key`; its usage plan's limits apply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_key_required: bool,
+}
+
+/// Limits of the keys assigned to it: a token bucket (rate, burst) and quotas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UsagePlan {
+    /// Sustained requests per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
+    /// Requests allowed at once above the rate (the bucket's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_per_day: Option<u64>,
+    /// Requests per UTC month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_per_month: Option<u64>,
+}
+
+impl UsagePlan {
+    /// Checks the numbers.
+    ///
+    /// # Errors
+    /// The field at fault.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self
+            .rate_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1_000_000.0))
+        {
+            return Err(ValidationError::new(
+                "rate_per_second",
+                "must be above 0 and at most 1000000",
+            ));
+        }
+        if self.burst == Some(0) {
+            return Err(ValidationError::new("burst", "must be at least 1"));
+        }
+        if self.burst.is_some() && self.rate_per_second.is_none() {
+            return Err(ValidationError::new("burst", "needs a rate_per_second"));
+        }
+        Ok(())
+    }
 }
 
 /// An API: a named set of routes served on the HTTP listener.
@@ -320,6 +366,7 @@ mod tests {
             route: r.into(),
             function: "f".into(),
             payload_format: None,
+            api_key_required: false,
         };
         let mut api = ApiSpec {
             name: "shop".into(),

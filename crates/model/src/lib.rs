@@ -10,7 +10,9 @@ mod config;
 mod limits;
 mod names;
 
-pub use api::{ApiSpec, CorsConfig, METHODS, PayloadFormat, RouteKey, RouteSpec, Segment};
+pub use api::{
+    ApiSpec, CorsConfig, METHODS, PayloadFormat, RouteKey, RouteSpec, Segment, UsagePlan,
+};
 pub use config::{FunctionConfig, Runtime, RuntimeFamily};
 pub use limits::*;
 pub use names::{FunctionName, FunctionRef, Qualifier};

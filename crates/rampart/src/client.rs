@@ -202,6 +202,21 @@ impl Client {
         .map(|_| ())
     }
 
+    /// A call to Rampart's management API with an optional JSON body.
+    pub async fn manage(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<Value> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.call(request, what).await
+    }
+
     /// Creates or replaces an HTTP API.
     pub async fn put_api(&self, api: &rampart_model::ApiSpec) -> Result<Value> {
         self.call(

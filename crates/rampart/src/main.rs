@@ -122,6 +122,18 @@ enum Command {
         after_help = "Examples:\n  rampart functions list\n  rampart functions show counter\n  rampart functions delete counter"
     )]
     Functions(FunctionsCommand),
+    /// Create, list or delete API keys (for routes with `api_key_required = true`).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  rampart keys create mobile-app --plan basic\n  rampart keys list\n  rampart keys delete mobile-app"
+    )]
+    Keys(KeysCommand),
+    /// Set, list or delete usage plans (rate, burst and quotas of the keys on them).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  rampart plans set basic --rate 10 --burst 20 --quota-day 10000\n  rampart plans list"
+    )]
+    Plans(PlansCommand),
     /// Print a function's logs.
     #[command(
         after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c..."
@@ -138,6 +150,75 @@ enum Command {
         /// Only the lines of one invocation.
         #[arg(long)]
         request: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed once and stored only as a hash.
+    #[command(after_help = "Example:\n  rampart keys create mobile-app --plan basic")]
+    Create {
+        /// The key's name.
+        name: String,
+        /// The usage plan limiting it.
+        #[arg(long)]
+        plan: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// List keys with their plans and request counts (never their secrets).
+    #[command(after_help = "Example:\n  rampart keys list")]
+    List {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Delete a key.
+    #[command(after_help = "Example:\n  rampart keys delete mobile-app")]
+    Delete {
+        /// The key's name.
+        name: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlansCommand {
+    /// Create or replace a usage plan.
+    #[command(
+        after_help = "Example:\n  rampart plans set basic --rate 10 --burst 20 --quota-day 10000 --quota-month 200000"
+    )]
+    Set {
+        /// The plan's name.
+        name: String,
+        /// Sustained requests per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests allowed at once above the rate.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Requests per UTC day.
+        #[arg(long)]
+        quota_day: Option<u64>,
+        /// Requests per UTC month.
+        #[arg(long)]
+        quota_month: Option<u64>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// List usage plans.
+    #[command(after_help = "Example:\n  rampart plans list")]
+    List {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Delete a usage plan (its keys keep working, unlimited).
+    #[command(after_help = "Example:\n  rampart plans delete basic")]
+    Delete {
+        /// The plan's name.
+        name: String,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -229,6 +310,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             endpoint,
         } => invoke(&endpoint.endpoint, &function, &payload, tail).await,
         Command::Functions(command) => functions(command).await,
+        Command::Keys(command) => keys(command).await,
+        Command::Plans(command) => plans(command).await,
         Command::Logs {
             function,
             follow,
@@ -383,6 +466,127 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
             let client = Client::new(&endpoint.endpoint)?;
             client.delete_function(&function).await?;
             println!("deleted {function}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(command: KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::Create {
+            name,
+            plan,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let created = client
+                .manage(
+                    reqwest::Method::POST,
+                    "/rampart/v1/keys",
+                    Some(serde_json::json!({"name": name, "plan": plan})),
+                    "creating an API key",
+                )
+                .await?;
+            println!("{}", created["key"].as_str().unwrap_or_default());
+            eprintln!("key {name} created; this is the only time its secret is shown");
+        }
+        KeysCommand::List { endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let list = client
+                .manage(
+                    reqwest::Method::GET,
+                    "/rampart/v1/keys",
+                    None,
+                    "listing API keys",
+                )
+                .await?;
+            println!(
+                "{:<32} {:<16} {:>10} {:>12}",
+                "NAME", "PLAN", "TODAY", "THIS MONTH"
+            );
+            for k in list["keys"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<16} {:>10} {:>12}",
+                    k["name"].as_str().unwrap_or_default(),
+                    k["plan"].as_str().unwrap_or("-"),
+                    k["requests_today"],
+                    k["requests_this_month"]
+                );
+            }
+        }
+        KeysCommand::Delete { name, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            client
+                .manage(
+                    reqwest::Method::DELETE,
+                    &format!("/rampart/v1/keys/{name}"),
+                    None,
+                    "deleting an API key",
+                )
+                .await?;
+            println!("deleted key {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plans(command: PlansCommand) -> Result<ExitCode> {
+    match command {
+        PlansCommand::Set {
+            name,
+            rate,
+            burst,
+            quota_day,
+            quota_month,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let plan = serde_json::json!({
+                "rate_per_second": rate, "burst": burst,
+                "quota_per_day": quota_day, "quota_per_month": quota_month,
+            });
+            let plan: serde_json::Map<String, serde_json::Value> = plan
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            client
+                .manage(
+                    reqwest::Method::PUT,
+                    &format!("/rampart/v1/plans/{name}"),
+                    Some(plan.into()),
+                    "setting a usage plan",
+                )
+                .await?;
+            println!("plan {name} set");
+        }
+        PlansCommand::List { endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let list = client
+                .manage(
+                    reqwest::Method::GET,
+                    "/rampart/v1/plans",
+                    None,
+                    "listing usage plans",
+                )
+                .await?;
+            for p in list["plans"].as_array().into_iter().flatten() {
+                println!("{} {}", p["name"].as_str().unwrap_or_default(), p["plan"]);
+            }
+        }
+        PlansCommand::Delete { name, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            client
+                .manage(
+                    reqwest::Method::DELETE,
+                    &format!("/rampart/v1/plans/{name}"),
+                    None,
+                    "deleting a usage plan",
+                )
+                .await?;
+            println!("deleted plan {name}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -61,6 +61,7 @@ mod tests {
                 route: "GET /a".into(),
                 function: "f".into(),
                 payload_format: Some(PayloadFormat::Body),
+                api_key_required: true,
             }],
         };
         store.put_api(api.clone(), 1).await.unwrap();

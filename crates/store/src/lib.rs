@@ -9,11 +9,13 @@
 mod apis;
 mod code;
 mod functions;
+mod keys;
 mod logs;
 mod sqlite;
 
 pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
+pub use keys::{ApiKey, Quota};
 pub use logs::{LogLine, LogQuery};
 pub use sqlite::Store;
 

@@ -685,3 +685,172 @@ async fn cors_preflights_are_answered_by_the_gateway() {
     assert_eq!(r.status(), 204);
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+fn cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env("RAMPART_ENDPOINT", endpoint)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_usage_plans_limit_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[], &[]);
+    server
+        .deploy(
+            "echo",
+            "python3.12",
+            "app.handler",
+            &[("app.py", ECHO_EVENT)],
+            json!({}),
+        )
+        .await;
+    let r = put_api(
+        &server,
+        json!({"name": "secure", "routes": [
+        {"route": "GET /secure", "function": "echo", "api_key_required": true},
+        {"route": "GET /open", "function": "echo"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let ep = server.endpoint.clone();
+    let (ok, _, err) = cli(
+        &ep,
+        &[
+            "plans",
+            "set",
+            "basic",
+            "--rate",
+            "1",
+            "--burst",
+            "2",
+            "--quota-day",
+            "4",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&ep, &["keys", "create", "app", "--plan", "nope"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, app_key, err) = cli(&ep, &["keys", "create", "app", "--plan", "basic"]);
+    assert!(ok, "{err}");
+    let app_key = app_key.trim().to_owned();
+    assert!(app_key.starts_with("rk_"), "{app_key}");
+    let (_, free_key, _) = cli(&ep, &["keys", "create", "free"]);
+    let free_key = free_key.trim().to_owned();
+    let get = |server: &Server, path: &str, key: Option<&str>| {
+        let mut req = server.http.get(route_url(server, path));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+    assert_eq!(get(&server, "/open", None).await.unwrap().status(), 200);
+    let r = get(&server, "/secure", None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Forbidden"})
+    );
+    assert_eq!(
+        get(&server, "/secure", Some("rk_wrong"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            get(&server, "/secure", Some(&free_key))
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "no plan, no limit"
+        );
+    }
+    // Rate 1/s with a burst of 2.
+    assert_eq!(
+        get(&server, "/secure", Some(&app_key))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&server, "/secure", Some(&app_key))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = get(&server, "/secure", Some(&app_key)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Too Many Requests"})
+    );
+    // The daily quota of 4: two more after the bucket refills, then "Limit Exceeded".
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            get(&server, "/secure", Some(&app_key))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&server, "/secure", Some(&app_key)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Limit Exceeded"})
+    );
+    let (ok, list, _) = cli(&ep, &["keys", "list"]);
+    assert!(
+        ok && list.contains("app") && list.contains("basic"),
+        "{list}"
+    );
+    assert!(!list.contains(&app_key[3..]), "secrets are never listed");
+    let app_line = list.lines().find(|l| l.starts_with("app ")).unwrap();
+    assert!(
+        app_line.split_whitespace().nth(2) == Some("4"),
+        "{app_line}"
+    );
+    // Counts survive kill -9 and a restart.
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[], &[]);
+    let r = get(&server, "/secure", Some(&app_key)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Limit Exceeded"})
+    );
+    assert_eq!(
+        get(&server, "/secure", Some(&free_key))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "keys survive too"
+    );
+    // A deleted key is refused.
+    let (ok, _, _) = cli(&server.endpoint, &["keys", "delete", "free"]);
+    assert!(ok);
+    assert_eq!(
+        get(&server, "/secure", Some(&free_key))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+}
