@@ -112,7 +112,13 @@ pub(crate) async fn serve(
         return preflight(cors, origin, &parts.headers);
     }
     let Some(matched) = table.find(parts.method.as_str(), parts.uri.path()) else {
-        return gateway_error(StatusCode::NOT_FOUND, "Not Found");
+        // REST APIs (1.0) answer an unknown resource with 403, HTTP APIs with 404.
+        return match table.unmatched_format(parts.uri.path()) {
+            PayloadFormat::V1 => {
+                gateway_error(StatusCode::FORBIDDEN, "Missing Authentication Token")
+            }
+            _ => gateway_error(StatusCode::NOT_FOUND, "Not Found"),
+        };
     };
     let mut response = route_request(&gateway, &matched, &parts, body, peer).await;
     if let (Some(cors), Some(origin)) = (&matched.route.api.cors, &origin) {
@@ -240,7 +246,21 @@ async fn route_request(
         tracing::warn!(%function, route = %matched.route.spec.route, "route names a function that does not exist");
         return function_failed(format);
     };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let trace_id = parts
+        .headers
+        .get("x-amzn-trace-id")
+        .and_then(|t| t.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "Root=1-{:08x}-{}",
+                jiff::Timestamp::now().as_second(),
+                &request_id.replace('-', "")[..24]
+            )
+        });
     let request = HttpRequest {
+        trace_id: trace_id.clone(),
         method: parts.method.as_str(),
         raw_path,
         raw_query: parts.uri.query().unwrap_or(""),
@@ -248,7 +268,6 @@ async fn route_request(
         body: &body,
         source_ip: peer.ip().to_string(),
     };
-    let request_id = uuid::Uuid::new_v4().to_string();
     let event = match format {
         PayloadFormat::V2 => event_v2(matched, &request, &request_id),
         PayloadFormat::V1 => event_v1(matched, &request, &request_id),
@@ -280,11 +299,7 @@ async fn route_request(
         request_id: request_id.clone(),
         payload: event,
         invoked_arn: function_arn(&gateway.region, &function, None),
-        trace_id: format!(
-            "Root=1-{:08x}-{}",
-            jiff::Timestamp::now().as_second(),
-            &request_id.replace('-', "")[..24]
-        ),
+        trace_id,
         client_context: None,
         tail: false,
     };
@@ -341,6 +356,8 @@ fn function_failed(format: PayloadFormat) -> Response {
 }
 
 struct HttpRequest<'a> {
+    /// The X-Ray trace header of this request (`Root=1-...`).
+    trace_id: String,
     method: &'a str,
     raw_path: &'a str,
     raw_query: &'a str,
@@ -354,7 +371,8 @@ impl HttpRequest<'_> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// Every value of every header, by name, in arrival order.
+    /// Every value of every header, by name, in arrival order, with the headers API Gateway
+    /// adds (`X-Forwarded-For/-Port/-Proto`, `X-Amzn-Trace-Id`).
     fn header_values(&self) -> Vec<(String, Vec<String>)> {
         let mut out: Vec<(String, Vec<String>)> = Vec::new();
         for (name, value) in self.headers {
@@ -363,6 +381,25 @@ impl HttpRequest<'_> {
                 Some((_, values)) => values.push(value),
                 None => out.push((name.as_str().to_owned(), vec![value])),
             }
+        }
+        let mut set = |name: &str, value: String| match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, values)) => *values = vec![value],
+            None => out.push((name.to_owned(), vec![value])),
+        };
+        let forwarded_for = match self.header("x-forwarded-for") {
+            Some(chain) => format!("{chain}, {}", self.source_ip),
+            None => self.source_ip.clone(),
+        };
+        set("x-forwarded-for", forwarded_for);
+        let port = self
+            .header("host")
+            .and_then(|h| h.rsplit_once(':'))
+            .map_or("80", |(_, p)| p)
+            .to_owned();
+        set("x-forwarded-port", port);
+        set("x-forwarded-proto", "http".to_owned());
+        if self.header("x-amzn-trace-id").is_none() {
+            set("x-amzn-trace-id", self.trace_id.clone());
         }
         out
     }
@@ -495,6 +532,9 @@ fn event_v2(matched: &Matched<'_>, request: &HttpRequest<'_>, request_id: &str) 
     if !matched.params.is_empty() {
         event["pathParameters"] = params_object(&matched.params).into();
     }
+    if !route.api.stage_variables.is_empty() {
+        event["stageVariables"] = json!(route.api.stage_variables);
+    }
     let (body, base64) = request.body_field();
     if let Some(body) = body {
         event["body"] = body.into();
@@ -567,7 +607,11 @@ fn event_v1(matched: &Matched<'_>, request: &HttpRequest<'_>, request_id: &str) 
         "queryStringParameters": single_query,
         "multiValueQueryStringParameters": multi_query,
         "pathParameters": path_params,
-        "stageVariables": Value::Null,
+        "stageVariables": if route.api.stage_variables.is_empty() {
+            Value::Null
+        } else {
+            json!(route.api.stage_variables)
+        },
         "requestContext": {
             "accountId": ACCOUNT_ID,
             "apiId": route.api.name,

@@ -187,6 +187,28 @@ impl RouteTable {
         })
     }
 
+    /// The payload format of the API an unmatched `path` most likely meant: the API whose named
+    /// stage prefixes it, else the only format of the `$default`-stage APIs, else 2.0.
+    pub fn unmatched_format(&self, path: &str) -> PayloadFormat {
+        let by_stage = self.routes.iter().find(|r| {
+            r.api.stage != "$default"
+                && (path == format!("/{}", r.api.stage)
+                    || path.starts_with(&format!("/{}/", r.api.stage)))
+        });
+        if let Some(route) = by_stage {
+            return route.api.payload_format;
+        }
+        let mut formats = self
+            .routes
+            .iter()
+            .filter(|r| r.api.stage == "$default")
+            .map(|r| r.api.payload_format);
+        match formats.next() {
+            Some(first) if formats.all(|f| f == first) => first,
+            _ => PayloadFormat::V2,
+        }
+    }
+
     /// Every function the routes call.
     pub fn functions(&self) -> impl Iterator<Item = &str> {
         self.routes.iter().map(|r| r.spec.function.as_str())
@@ -211,6 +233,7 @@ mod tests {
             payload_format: PayloadFormat::V2,
             timeout_ms: None,
             cors: None,
+            stage_variables: Default::default(),
             routes: routes
                 .iter()
                 .map(|r| RouteSpec {

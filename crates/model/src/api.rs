@@ -105,6 +105,9 @@ pub struct ApiSpec {
     pub timeout_ms: Option<u64>,
     /// The routes.
     pub routes: Vec<RouteSpec>,
+    /// Stage variables, passed in every event (`stageVariables`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stage_variables: std::collections::BTreeMap<String, String>,
     /// CORS: when set, the gateway answers preflights itself and adds the headers to responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
@@ -374,6 +377,7 @@ mod tests {
             payload_format: PayloadFormat::V2,
             timeout_ms: None,
             routes: vec![route("GET /a"), route("ANY /{proxy+}")],
+            stage_variables: Default::default(),
             cors: None,
         };
         assert!(api.validate().is_ok());

@@ -87,6 +87,8 @@ struct ApiEntry {
     route: Vec<rampart_model::RouteSpec>,
     #[serde(default)]
     cors: Option<rampart_model::CorsConfig>,
+    #[serde(default)]
+    stage_variables: std::collections::BTreeMap<String, String>,
 }
 
 /// A validated function of a project.
@@ -174,6 +176,7 @@ impl Manifest {
                 timeout_ms,
                 routes: entry.route,
                 cors: entry.cors,
+                stage_variables: entry.stage_variables,
             };
             api.validate().map_err(|e| {
                 anyhow::anyhow!("{file}: api {label}: field '{}': {}", e.field, e.message)

@@ -57,6 +57,7 @@ mod tests {
             payload_format: PayloadFormat::V1,
             timeout_ms: Some(500),
             cors: None,
+            stage_variables: Default::default(),
             routes: vec![RouteSpec {
                 route: "GET /a".into(),
                 function: "f".into(),

@@ -146,7 +146,7 @@ async fn payload_format_1_event_has_every_field() {
     let server = setup().await;
     let r = put_api(
         &server,
-        json!({"name": "rest", "stage": "prod", "payload_format": "1.0",
+        json!({"name": "rest", "stage": "prod", "payload_format": "1.0", "stage_variables": {"env": "test"},
                "routes": [{"route": "ANY /items/{id}", "function": "echo"}, {"route": "GET /plain", "function": "echo"}]}),
     )
     .await;
@@ -174,7 +174,7 @@ async fn payload_format_1_event_has_every_field() {
         json!({"a": ["1", "2"]})
     );
     assert_eq!(e["pathParameters"], json!({"id": "7"}));
-    assert_eq!(e["stageVariables"], Value::Null);
+    assert_eq!(e["stageVariables"], json!({"env": "test"}));
     assert_eq!(e["body"], "hi");
     assert_eq!(e["isBase64Encoded"], false);
     let ctx = &e["requestContext"];
@@ -853,4 +853,57 @@ async fn api_keys_and_usage_plans_limit_routes() {
             .status(),
         403
     );
+}
+
+/// Whole events, as snapshots (ids, times, ports redacted): any change to their shape shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_snapshots() {
+    let server = setup().await;
+    let r = put_api(
+        &server,
+        json!({"name": "snap", "stage_variables": {"color": "blue"}, "routes": [
+            {"route": "POST /v2/{id}", "function": "echo"},
+            {"route": "POST /v1/{proxy+}", "function": "echo", "payload_format": "1.0"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let send = |path: &'static str| {
+        server
+            .http
+            .post(route_url(&server, path))
+            .header("user-agent", "snapshot")
+            .header("cookie", "a=1")
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+    };
+    let redact = |v: Value| {
+        let mut v = v;
+        for key in [
+            "requestId",
+            "extendedRequestId",
+            "time",
+            "timeEpoch",
+            "requestTime",
+            "requestTimeEpoch",
+            "domainName",
+            "domainPrefix",
+        ] {
+            if v["requestContext"].get(key).is_some() {
+                v["requestContext"][key] = json!(format!("[{key}]"));
+            }
+        }
+        for map in ["headers", "multiValueHeaders"] {
+            for header in ["host", "x-forwarded-port", "x-amzn-trace-id"] {
+                if v.get(map).and_then(|h| h.get(header)).is_some() {
+                    v[map][header] = json!(format!("[{header}]"));
+                }
+            }
+        }
+        v
+    };
+    let v2: Value = send("/v2/7?a=1&a=2").await.unwrap().json().await.unwrap();
+    insta::assert_json_snapshot!("event_v2", redact(v2));
+    let v1: Value = send("/v1/x/y?a=1&a=2").await.unwrap().json().await.unwrap();
+    insta::assert_json_snapshot!("event_v1", redact(v1));
 }
