@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rampart_model::{
-    FunctionRef, MAX_CLIENT_CONTEXT_BYTES, MAX_SYNC_PAYLOAD_BYTES, Qualifier, function_arn,
+    FunctionRef, MAX_ASYNC_PAYLOAD_BYTES, MAX_CLIENT_CONTEXT_BYTES, MAX_SYNC_PAYLOAD_BYTES,
+    Qualifier, function_arn,
 };
 use rampart_runtime::{FunctionSpec, InvokeError, InvokeRequest};
 
@@ -108,9 +109,26 @@ pub(crate) async fn invoke(
         "RequestResponse" => {}
         "DryRun" => return Ok(StatusCode::NO_CONTENT.into_response()),
         "Event" => {
-            return Err(ApiError::invalid_parameter(
-                "InvocationType Event is not supported by this Rampart version yet: asynchronous invocations arrive with the durable queue",
-            ));
+            // Accepted only once durably stored: the 202 means the event cannot be lost.
+            let payload = read_payload(body, MAX_ASYNC_PAYLOAD_BYTES).await?;
+            let request_id = uuid::Uuid::new_v4().to_string();
+            gateway
+                .registry
+                .store()
+                .enqueue(
+                    request_id.clone(),
+                    target.name.clone(),
+                    target.spec.version_label.to_string(),
+                    payload.to_vec(),
+                    jiff::Timestamp::now().as_millisecond(),
+                )
+                .await?;
+            gateway.queue_wakeup.notify_one();
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-amzn-requestid", v);
+            }
+            return Ok(response);
         }
         other => {
             return Err(ApiError::invalid_parameter(format!(
@@ -121,7 +139,7 @@ pub(crate) async fn invoke(
     let client_context = header(&headers, "x-amz-client-context")
         .map(decode_client_context)
         .transpose()?;
-    let payload = read_payload(body).await?;
+    let payload = read_payload(body, MAX_SYNC_PAYLOAD_BYTES).await?;
     let request_uuid = uuid::Uuid::new_v4();
     let request_id = request_uuid.to_string();
     // The ARN in the form the caller addressed the function (runtime-api.md §3.1).
@@ -190,13 +208,13 @@ pub(crate) async fn invoke(
 }
 
 /// Reads the event, enforcing the 6 MB limit and that it is JSON (an empty body is `{}`).
-async fn read_payload(body: Body) -> Result<Bytes, ApiError> {
+async fn read_payload(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::too_large(format!(
-            "Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation"
+            "Request must be smaller than {limit} bytes for the InvokeFunction operation"
         ))
     };
-    let bytes = axum::body::to_bytes(body, MAX_SYNC_PAYLOAD_BYTES)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
     if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -5,6 +5,7 @@
 //! [`ApiError`] alone decides the error wire shape.
 #![warn(missing_docs)]
 
+mod async_queue;
 mod control;
 mod error;
 mod http_api;
@@ -22,6 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 use rampart_runtime::Dispatcher;
 
+pub use async_queue::AsyncSettings;
 pub use error::ApiError;
 pub use registry::{Deployed, Registry};
 pub use routes::RouteTable;
@@ -38,6 +40,8 @@ pub struct Gateway {
     api_changes: tokio::sync::Mutex<()>,
     /// API keys and usage plans.
     keys: keys::Keys,
+    /// Wakes the async worker when an event is enqueued.
+    queue_wakeup: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -60,6 +64,7 @@ impl Gateway {
             .await
             .map_err(|e| format!("reading API keys: {e}"))?;
         Ok(Arc::new(Self {
+            queue_wakeup: tokio::sync::Notify::new(),
             keys,
             registry,
             dispatcher,
@@ -151,6 +156,10 @@ impl Gateway {
             .route("/rampart/v1/code/{sha}", get(control::download_code))
             .route("/rampart/v1/functions/{name}/logs", get(manage::logs))
             .route("/rampart/v1/functions/{name}/stats", get(manage::stats))
+            .route(
+                "/rampart/v1/functions/{name}/dlq",
+                get(manage::dead_letters),
+            )
             .fallback(|| async { ApiError::not_found("no such API path") })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .with_state(self.clone())

@@ -65,8 +65,17 @@ pub(crate) async fn stats(
         return Err(ApiError::not_found(format!("Function not found: {name}")));
     }
     let s = gateway.dispatcher.stats(&name);
+    let (depth, oldest) = gateway.registry.store().queue_depth(&name).await?;
+    let oldest_age_ms = oldest.map(|t| (jiff::Timestamp::now().as_millisecond() - t).max(0));
+    let dead = gateway
+        .registry
+        .store()
+        .dead_letters(&name, 10_000)
+        .await?
+        .len();
     Ok(Json(json!({
         "instances": s.instances, "idle": s.idle, "busy": s.busy, "concurrency_limit": s.limit,
+        "queue_depth": depth, "oldest_event_age_ms": oldest_age_ms, "dead_letters": dead,
     })))
 }
 
@@ -253,4 +262,24 @@ pub(crate) async fn delete_plan(
     }
     gateway.keys.set_plan(&name, None);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /rampart/v1/functions/{name}/dlq`: dead-lettered events, newest first.
+pub(crate) async fn dead_letters(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let dead = gateway.registry.store().dead_letters(&name, 1000).await?;
+    let dead: Vec<Value> = dead
+        .into_iter()
+        .map(|d| {
+            json!({
+                "id": d.id, "reason": d.reason, "attempts": d.attempts,
+                "enqueued_ms": d.enqueued_ms, "failed_ms": d.failed_ms,
+                "last_error": d.last_error,
+                "payload": String::from_utf8_lossy(&d.payload),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "dead_letters": dead })))
 }

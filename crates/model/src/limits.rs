@@ -2,6 +2,8 @@
 
 /// Largest synchronous invoke request payload (observed hard limit on AWS).
 pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6_291_456;
+/// Largest asynchronous (`Event`) invoke payload (1 MB since October 2025).
+pub const MAX_ASYNC_PAYLOAD_BYTES: usize = 1_048_576;
 /// Largest response or error body a runtime may post (6 MiB + 100, as the Runtime API enforces).
 pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 /// Largest zipped deployment package accepted through the API.

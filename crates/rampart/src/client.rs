@@ -251,6 +251,59 @@ impl Client {
         Ok(body["lines"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Invoke with InvocationType Event: returns the request id once the event is stored.
+    pub async fn invoke_async(
+        &self,
+        name: &str,
+        qualifier: Option<&str>,
+        payload: Vec<u8>,
+    ) -> Result<String> {
+        let mut request = self
+            .http
+            .post(self.url(&format!(
+                "/2015-03-31/functions/{}/invocations",
+                escape(name)
+            )))
+            .header("X-Amz-Invocation-Type", "Event")
+            .body(payload);
+        if let Some(q) = qualifier {
+            request = request.query(&[("Qualifier", q)]);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "invoking {name}: could not reach the server at {}",
+                self.base
+            )
+        })?;
+        let id = response
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let status = response.status().as_u16();
+        if status != 202 {
+            let code = response
+                .headers()
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("UnknownError")
+                .to_owned();
+            let v: Value = response.json().await.unwrap_or(Value::Null);
+            let message = v
+                .get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            bail!(ApiFailure {
+                status,
+                code,
+                message: message.to_owned()
+            });
+        }
+        Ok(id)
+    }
+
     /// Invoke (RequestResponse).
     pub async fn invoke(
         &self,

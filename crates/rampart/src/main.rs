@@ -66,6 +66,9 @@ struct ServeArgs {
     /// Longest init of an instance before it goes on inside the invocation (Lambda: 10 s).
     #[arg(long, env = "RAMPART_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     init_timeout: std::time::Duration,
+    /// Delay before an asynchronous event's first retry; doubles for each further one.
+    #[arg(long, env = "RAMPART_ASYNC_RETRY_BASE", default_value = "60s", value_parser = parse_duration)]
+    async_retry_base: std::time::Duration,
     /// Memory limits: `auto` uses a cgroup (v2, else v1) when one is writable, else setrlimit;
     /// `rlimit` always uses setrlimit.
     #[arg(long, env = "RAMPART_SANDBOX", default_value = "auto", value_parser = ["auto", "rlimit"])]
@@ -111,8 +114,11 @@ enum Command {
         #[arg(long, default_value = "{}")]
         payload: String,
         /// Also print the last 4 KB of the invocation's log.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "async_")]
         tail: bool,
+        /// Queue the event (InvocationType Event) and print its request id once it is stored.
+        #[arg(long = "async", id = "async_")]
+        async_: bool,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -307,8 +313,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             function,
             payload,
             tail,
+            async_,
             endpoint,
-        } => invoke(&endpoint.endpoint, &function, &payload, tail).await,
+        } => invoke(&endpoint.endpoint, &function, &payload, tail, async_).await,
         Command::Functions(command) => functions(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Plans(command) => plans(command).await,
@@ -334,6 +341,10 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         force_rlimit: args.sandbox == "rlimit",
         init_timeout: args.init_timeout,
+        async_settings: rampart_gateway::AsyncSettings {
+            retry_base: args.async_retry_base,
+            ..rampart_gateway::AsyncSettings::default()
+        },
     };
     let mut signals = server::Signals::install()?;
     let running = server::start(options).await?;
@@ -402,7 +413,13 @@ fn print_quickstart(
     }
 }
 
-async fn invoke(endpoint: &str, function: &str, payload: &str, tail: bool) -> Result<ExitCode> {
+async fn invoke(
+    endpoint: &str,
+    function: &str,
+    payload: &str,
+    tail: bool,
+    asynchronous: bool,
+) -> Result<ExitCode> {
     let payload = match payload.strip_prefix('@') {
         Some(file) => tokio::fs::read(file)
             .await
@@ -414,6 +431,11 @@ async fn invoke(endpoint: &str, function: &str, payload: &str, tail: bool) -> Re
         _ => (function, None),
     };
     let client = Client::new(endpoint)?;
+    if asynchronous {
+        let id = client.invoke_async(name, qualifier, payload).await?;
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let result = client.invoke(name, qualifier, payload, tail).await?;
     if let Some(tail) = &result.log_tail {
         eprintln!("{tail}");

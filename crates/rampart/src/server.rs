@@ -37,6 +37,8 @@ pub struct Options {
     pub force_rlimit: bool,
     /// Longest init before it continues inside the invocation.
     pub init_timeout: Duration,
+    /// How asynchronous events are retried.
+    pub async_settings: rampart_gateway::AsyncSettings,
 }
 
 /// A server that is listening.
@@ -156,6 +158,12 @@ pub async fn start(options: Options) -> Result<Running> {
         logs_done.clone(),
     ));
     tasks.spawn(dispatcher.clone().run_maintenance(shutdown.child_token()));
+    let queue_stop = CancellationToken::new();
+    let queue_worker = tokio::spawn(
+        gateway
+            .clone()
+            .run_async_worker(options.async_settings.clone(), queue_stop.clone()),
+    );
 
     let http_stop = CancellationToken::new();
     let router = gateway.router();
@@ -180,7 +188,12 @@ pub async fn start(options: Options) -> Result<Running> {
         token.cancelled().await;
         tracing::info!("draining: new invocations get 503");
         gateway.start_draining();
+        // Stop claiming queued events; deliveries in flight finish with the drain below.
+        queue_stop.cancel();
         dispatcher.shutdown(options.drain_timeout).await;
+        if queue_worker.await.is_err() {
+            tracing::warn!("the async worker panicked");
+        }
         tracing::info!("instances stopped; closing the listener");
         http_stop.cancel();
         for server in [http, routes_http] {

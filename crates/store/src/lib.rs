@@ -11,12 +11,14 @@ mod code;
 mod functions;
 mod keys;
 mod logs;
+mod queue;
 mod sqlite;
 
 pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
 pub use keys::{ApiKey, Quota};
 pub use logs::{LogLine, LogQuery};
+pub use queue::{DeadLetter, QueuedEvent};
 pub use sqlite::Store;
 
 use thiserror::Error;

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_logs_without_request_index.sql"),
     include_str!("migrations/0003_apis.sql"),
     include_str!("migrations/0004_keys.sql"),
+    include_str!("migrations/0005_async_queue.sql"),
 ];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.

@@ -404,10 +404,10 @@ async fn bad_requests_get_lambdas_errors() {
     let r = server.invoke("echo:7", "{}").await;
     assert_eq!(r.status, 404);
     let r = server
-        .invoke_with("echo", "{}", &[("X-Amz-Invocation-Type", "Event")])
+        .invoke_with("echo", "{}", &[("X-Amz-Invocation-Type", "Bogus")])
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().unwrap().contains("Event"));
+    assert!(r.json()["message"].as_str().unwrap().contains("Bogus"));
     let r = server
         .invoke_with("echo", "{}", &[("X-Amz-Invocation-Type", "DryRun")])
         .await;

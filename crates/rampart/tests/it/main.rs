@@ -1,6 +1,7 @@
 //! Integration tests: the real `rampart` binary on an ephemeral port, real runtimes, real
 //! clients.
 
+mod async_queue;
 mod clients;
 mod control;
 mod failures;

@@ -1,0 +1,271 @@
+//! The durable queue of asynchronous invocations: enqueue (committed before the 202), claim by
+//! lease in one statement, ack, retry later, or dead-letter.
+
+use rusqlite::params;
+
+use crate::{Result, Store};
+
+/// An event a worker holds under a lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedEvent {
+    /// The request id answered with the 202.
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// `$LATEST` or a version number.
+    pub qualifier: String,
+    /// The event.
+    pub payload: Vec<u8>,
+    /// When it was accepted, epoch ms.
+    pub enqueued_ms: i64,
+    /// Failed deliveries before this one.
+    pub attempts: u32,
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The request id.
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// The event.
+    pub payload: Vec<u8>,
+    /// When it was accepted, epoch ms.
+    pub enqueued_ms: i64,
+    /// When it was given up on, epoch ms.
+    pub failed_ms: i64,
+    /// Deliveries tried.
+    pub attempts: u32,
+    /// Why it was given up on (`RetriesExhausted`, `EventAgeExceeded`, `FunctionDeleted`).
+    pub reason: String,
+    /// The last failure's error, if any.
+    pub last_error: Option<String>,
+}
+
+impl Store {
+    /// Stores an event; returns once it is committed (fsync), so a 202 can follow.
+    pub async fn enqueue(
+        &self,
+        id: String,
+        function: String,
+        qualifier: String,
+        payload: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![id, function, qualifier, payload, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Leases up to `limit` due events until `now_ms + lease_ms`, in one statement: an event
+    /// whose worker dies comes back when its lease lapses.
+    pub async fn claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedEvent>> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE events SET lease_until_ms = ?1 + ?2
+                 WHERE id IN (SELECT id FROM events
+                              WHERE next_attempt_ms <= ?1 AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
+                              ORDER BY next_attempt_ms LIMIT ?3)
+                 RETURNING id, function, qualifier, payload, enqueued_ms, attempts",
+            )?;
+            let rows = stmt.query_map(params![now_ms, lease_ms, limit as i64], |r| {
+                Ok(QueuedEvent {
+                    id: r.get(0)?,
+                    function: r.get(1)?,
+                    qualifier: r.get(2)?,
+                    payload: r.get(3)?,
+                    enqueued_ms: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)? as u32,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Delivered: the event is gone.
+    pub async fn ack(&self, id: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM events WHERE id = ?1", [&id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Tries again at `next_attempt_ms`; `failed` counts the delivery as an attempt (throttles
+    /// and platform errors do not).
+    pub async fn retry_later(
+        &self,
+        id: String,
+        next_attempt_ms: i64,
+        failed: bool,
+        error: Option<String>,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE events SET next_attempt_ms = ?2, lease_until_ms = NULL,
+                        attempts = attempts + ?3, last_error = COALESCE(?4, last_error)
+                 WHERE id = ?1",
+                params![id, next_attempt_ms, i64::from(failed), error],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves an event to the dead-letter table, in one transaction.
+    pub async fn dead_letter(
+        &self,
+        id: String,
+        reason: String,
+        error: Option<String>,
+        attempts: u32,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters
+                   (id, function, qualifier, payload, enqueued_ms, failed_ms, attempts, reason, last_error)
+                 SELECT id, function, qualifier, payload, enqueued_ms, ?2, ?3, ?4, COALESCE(?5, last_error)
+                 FROM events WHERE id = ?1",
+                params![id, now_ms, attempts as i64, reason, error],
+            )?;
+            conn.execute("DELETE FROM events WHERE id = ?1", [&id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Dead letters of a function, newest first.
+    pub async fn dead_letters(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        let function = function.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, function, payload, enqueued_ms, failed_ms, attempts, reason, last_error
+                 FROM dead_letters WHERE function = ?1 ORDER BY failed_ms DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![function, limit as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    function: r.get(1)?,
+                    payload: r.get(2)?,
+                    enqueued_ms: r.get(3)?,
+                    failed_ms: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)? as u32,
+                    reason: r.get(6)?,
+                    last_error: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Releases every lease (at start: the previous run's workers are gone, and this server
+    /// owns the data dir alone).
+    pub async fn release_leases(&self) -> Result<usize> {
+        self.write(|conn| {
+            Ok(conn.execute(
+                "UPDATE events SET lease_until_ms = NULL WHERE lease_until_ms IS NOT NULL",
+                [],
+            )?)
+        })
+        .await
+    }
+
+    /// Events waiting (or leased) for a function, and the oldest one's enqueue time.
+    pub async fn queue_depth(&self, function: &str) -> Result<(u64, Option<i64>)> {
+        let function = function.to_owned();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT count(*), min(enqueued_ms) FROM events WHERE function = ?1",
+                [&function],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_are_leased_acked_retried_and_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..3 {
+            store
+                .enqueue(
+                    format!("e{i}"),
+                    "f".into(),
+                    "$LATEST".into(),
+                    vec![b'{', b'}'],
+                    100 + i,
+                )
+                .await
+                .unwrap();
+        }
+        let claimed = store.claim(200, 1000, 2).await.unwrap();
+        assert_eq!(
+            claimed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e0", "e1"]
+        );
+        // Leased ones are not handed out again until the lease lapses.
+        let again = store.claim(300, 1000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, "e2");
+        assert!(store.claim(1100, 1000, 10).await.unwrap().is_empty());
+        let lapsed = store.claim(1300, 1000, 10).await.unwrap();
+        assert_eq!(lapsed.len(), 3, "expired leases come back");
+        store.ack("e0".into()).await.unwrap();
+        store
+            .retry_later("e1".into(), 5000, true, Some("boom".into()))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim(4000, 1000, 10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|e| e.id != "e1")
+        );
+        let e1 = store
+            .claim(5000, 1000, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.id == "e1")
+            .unwrap();
+        assert_eq!(e1.attempts, 1);
+        store
+            .dead_letter("e1".into(), "RetriesExhausted".into(), None, 3, 6000)
+            .await
+            .unwrap();
+        let dead = store.dead_letters("f", 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (
+                dead[0].reason.as_str(),
+                dead[0].attempts,
+                dead[0].last_error.as_deref()
+            ),
+            ("RetriesExhausted", 3, Some("boom"))
+        );
+        assert_eq!(store.queue_depth("f").await.unwrap(), (1, Some(102)));
+    }
+}
