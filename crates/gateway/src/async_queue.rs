@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rampart_model::Qualifier;
-use rampart_runtime::{InvokeError, InvokeRequest};
+use rampart_runtime::{InvokeError, InvokeOutcome, InvokeRequest};
 use rampart_store::QueuedEvent;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -129,14 +129,28 @@ impl Gateway {
     }
 
     async fn deliver(&self, event: QueuedEvent, settings: &AsyncSettings) {
+        let config = self
+            .event_config(&event.function, &event.qualifier)
+            .map(|(c, _)| c);
+        let max_retries = config
+            .as_ref()
+            .map_or(settings.max_retries, |c| c.maximum_retry_attempts);
+        let max_age = config.as_ref().map_or(settings.max_age, |c| {
+            Duration::from_secs(c.maximum_event_age_secs)
+        });
+        let on_failure = config.as_ref().and_then(|c| c.on_failure.clone());
+        let on_success = config.as_ref().and_then(|c| c.on_success.clone());
         let store = self.registry.store();
         let now = now_ms();
-        let id = event.id.clone();
-        if now - event.enqueued_ms > settings.max_age.as_millis() as i64 {
-            let _ = store
-                .dead_letter(id, "EventAgeExceeded".into(), None, event.attempts, now)
-                .await
-                .inspect_err(|e| tracing::error!(error = %e, "dead-lettering failed"));
+        if now - event.enqueued_ms > max_age.as_millis() as i64 {
+            self.fail(
+                &event,
+                "EventAgeExceeded",
+                None,
+                event.attempts,
+                on_failure.as_deref(),
+            )
+            .await;
             return;
         }
         let spec = match Qualifier::parse(&event.qualifier) {
@@ -153,15 +167,13 @@ impl Gateway {
             _ => None,
         };
         let Some(spec) = spec else {
-            let _ = store
-                .dead_letter(id, "FunctionNotFound".into(), None, event.attempts, now)
-                .await
-                .inspect_err(|e| tracing::error!(error = %e, "dead-lettering failed"));
+            self.fail(&event, "FunctionNotFound", None, event.attempts, None)
+                .await;
             return;
         };
         let request = InvokeRequest {
             request_id: event.id.clone(),
-            payload: Bytes::from(event.payload),
+            payload: Bytes::from(event.payload.clone()),
             invoked_arn: rampart_model::function_arn(&self.region, &event.function, None),
             trace_id: format!(
                 "Root=1-{:08x}-{}",
@@ -177,16 +189,29 @@ impl Gateway {
             tail: false,
         };
         let result = self.dispatcher.invoke(spec, request).await;
-        let outcome = match result {
-            Ok(o) if !o.function_error => store.ack(id).await,
+        let id = event.id.clone();
+        let recorded = match result {
+            Ok(o) if !o.function_error => match on_success {
+                Some(destination) => {
+                    let record = self.record(&event, "Success", event.attempts + 1, Some(&o));
+                    self.forward(&event, &destination, record).await
+                }
+                None => store.ack(id).await,
+            },
             Ok(o) => {
                 let failures = event.attempts + 1;
-                let error = Some(String::from_utf8_lossy(&o.body).into_owned());
-                if failures > settings.max_retries {
-                    store
-                        .dead_letter(id, "RetriesExhausted".into(), error, failures, now_ms())
-                        .await
+                if failures > max_retries {
+                    self.fail(
+                        &event,
+                        "RetriesExhausted",
+                        Some(&o),
+                        failures,
+                        on_failure.as_deref(),
+                    )
+                    .await;
+                    Ok(())
                 } else {
+                    let error = Some(String::from_utf8_lossy(&o.body).into_owned());
                     let delay = retry_delay(settings.retry_base, failures, jitter_of(&event.id));
                     store
                         .retry_later(id, now_ms() + delay.as_millis() as i64, true, error)
@@ -202,9 +227,107 @@ impl Gateway {
             }
             Err(InvokeError::ShuttingDown) => store.retry_later(id, now_ms(), false, None).await,
         };
-        if let Err(e) = outcome {
+        if let Err(e) = recorded {
             tracing::error!(error = %e, event = %event.id, "recording a delivery failed; the lease will return it");
         }
+    }
+
+    /// Gives up on an event: to the on-failure destination when there is one, else to the
+    /// dead-letter table, never nowhere.
+    async fn fail(
+        &self,
+        event: &QueuedEvent,
+        condition: &str,
+        outcome: Option<&InvokeOutcome>,
+        invoke_count: u32,
+        on_failure: Option<&str>,
+    ) {
+        let store = self.registry.store();
+        let forwarded = match on_failure {
+            Some(destination) => {
+                let record = self.record(event, condition, invoke_count, outcome);
+                self.forward(event, destination, record).await
+            }
+            None => Err(rampart_store::Error::Closed),
+        };
+        if on_failure.is_some() && forwarded.is_ok() {
+            return;
+        }
+        let error = outcome.map(|o| String::from_utf8_lossy(&o.body).into_owned());
+        let reason = if on_failure.is_some() {
+            format!("{condition}; the on-failure destination could not take it")
+        } else {
+            condition.to_owned()
+        };
+        if let Err(e) = store
+            .dead_letter(event.id.clone(), reason, error, invoke_count, now_ms())
+            .await
+        {
+            tracing::error!(error = %e, event = %event.id, "dead-lettering failed; the lease will return it");
+        }
+    }
+
+    /// Queues `record` for the destination function, in place of `event` (one transaction).
+    async fn forward(
+        &self,
+        event: &QueuedEvent,
+        destination: &str,
+        record: Vec<u8>,
+    ) -> Result<(), rampart_store::Error> {
+        let name = rampart_model::destination_function(destination)
+            .map_err(|e| rampart_store::Error::Rejected(e.message))?;
+        if self.registry.latest(name.as_str()).is_none() {
+            return Err(rampart_store::Error::FunctionNotFound {
+                name: name.to_string(),
+            });
+        }
+        self.registry
+            .store()
+            .forward(
+                event.id.clone(),
+                uuid::Uuid::new_v4().to_string(),
+                name.to_string(),
+                record,
+                now_ms(),
+            )
+            .await?;
+        self.queue_wakeup.notify_one();
+        Ok(())
+    }
+
+    /// The invocation record destinations receive (async-invocation.md §4).
+    fn record(
+        &self,
+        event: &QueuedEvent,
+        condition: &str,
+        invoke_count: u32,
+        outcome: Option<&InvokeOutcome>,
+    ) -> Vec<u8> {
+        let as_json = |bytes: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+            })
+        };
+        let mut record = serde_json::json!({
+            "version": "1.0",
+            "timestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            "requestContext": {
+                "requestId": event.id,
+                "functionArn": rampart_model::function_arn(&self.region, &event.function, Some(&event.qualifier)),
+                "condition": condition,
+                "approximateInvokeCount": invoke_count,
+            },
+            "requestPayload": as_json(&event.payload),
+        });
+        if let Some(o) = outcome {
+            let mut context = serde_json::json!({"statusCode": 200, "executedVersion": o.executed_version.as_ref()});
+            if o.function_error {
+                context["functionError"] = "Unhandled".into();
+            }
+            record["responseContext"] = context;
+            record["responsePayload"] = as_json(&o.body);
+        }
+        record.to_string().into_bytes()
     }
 }
 

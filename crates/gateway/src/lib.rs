@@ -8,6 +8,7 @@
 mod async_queue;
 mod control;
 mod error;
+mod event_config;
 mod http_api;
 mod invoke;
 mod keys;
@@ -15,12 +16,14 @@ mod manage;
 mod registry;
 mod routes;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
+use rampart_model::EventInvokeConfig;
 use rampart_runtime::Dispatcher;
 
 pub use async_queue::AsyncSettings;
@@ -42,6 +45,8 @@ pub struct Gateway {
     keys: keys::Keys,
     /// Wakes the async worker when an event is enqueued.
     queue_wakeup: tokio::sync::Notify,
+    /// Event invoke configurations by (function, qualifier), with their last change (ms).
+    event_configs: RwLock<HashMap<(String, String), (EventInvokeConfig, i64)>>,
 }
 
 impl Gateway {
@@ -63,7 +68,16 @@ impl Gateway {
         let keys = keys::Keys::load(registry.store())
             .await
             .map_err(|e| format!("reading API keys: {e}"))?;
+        let event_configs = registry
+            .store()
+            .list_event_invoke_configs()
+            .await
+            .map_err(|e| format!("reading event invoke configs: {e}"))?
+            .into_iter()
+            .map(|(f, q, c, t)| ((f, q), (c, t)))
+            .collect();
         Ok(Arc::new(Self {
+            event_configs: RwLock::new(event_configs),
             queue_wakeup: tokio::sync::Notify::new(),
             keys,
             registry,
@@ -73,6 +87,19 @@ impl Gateway {
             routes: RwLock::new(Arc::new(routes)),
             api_changes: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// The event invoke configuration of `function:qualifier`, if one is set.
+    pub(crate) fn event_config(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Option<(EventInvokeConfig, i64)> {
+        self.event_configs
+            .read()
+            .expect("event configs lock")
+            .get(&(function.to_owned(), qualifier.to_owned()))
+            .cloned()
     }
 
     pub(crate) fn routes(&self) -> Arc<RouteTable> {
@@ -137,6 +164,22 @@ impl Gateway {
                 "/2019-09-30/functions/{name}/concurrency",
                 get(control::get_concurrency),
             )
+            .route(
+                "/2019-09-25/functions/{name}/event-invoke-config",
+                put(event_config::put)
+                    .post(event_config::update)
+                    .get(event_config::get)
+                    .delete(event_config::delete),
+            )
+            .route(
+                "/2019-09-25/functions/{name}/event-invoke-config/list",
+                get(event_config::list),
+            )
+            .route("/rampart/v1/dlq/{id}", get(manage::dead_letter))
+            .route(
+                "/rampart/v1/functions/{name}/dlq/replay",
+                post(manage::replay_dead_letters),
+            )
             .route("/rampart/v1/health", get(|| async { "ok" }))
             .route("/rampart/v1/apis", get(manage::list_apis))
             .route(
@@ -158,7 +201,7 @@ impl Gateway {
             .route("/rampart/v1/functions/{name}/stats", get(manage::stats))
             .route(
                 "/rampart/v1/functions/{name}/dlq",
-                get(manage::dead_letters),
+                get(manage::dead_letters).delete(manage::purge_dead_letters),
             )
             .fallback(|| async { ApiError::not_found("no such API path") })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -264,22 +264,75 @@ pub(crate) async fn delete_plan(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+fn dead_letter_json(d: rampart_store::DeadLetter) -> Value {
+    json!({
+        "id": d.id, "function": d.function, "reason": d.reason, "attempts": d.attempts,
+        "enqueued_ms": d.enqueued_ms, "failed_ms": d.failed_ms,
+        "last_error": d.last_error,
+        "payload": String::from_utf8_lossy(&d.payload),
+    })
+}
+
+/// `GET /rampart/v1/dlq/{id}`: one dead letter.
+pub(crate) async fn dead_letter(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let dead = gateway
+        .registry
+        .store()
+        .dead_letter_by_id(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
+    Ok(Json(dead_letter_json(dead)))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Replay {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /rampart/v1/functions/{name}/dlq/replay` with `{"id": ...}` or `{"all": true}`.
+pub(crate) async fn replay_dead_letters(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let replay: Replay = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_content(format!("could not parse the replay: {e}")))?;
+    if replay.id.is_none() && !replay.all {
+        return Err(ApiError::invalid_parameter(
+            "name an event with \"id\" or replay \"all\"",
+        ));
+    }
+    let replayed = gateway
+        .registry
+        .store()
+        .replay_dead_letters(name, replay.id, jiff::Timestamp::now().as_millisecond())
+        .await?;
+    gateway.queue_wakeup.notify_one();
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
+/// `DELETE /rampart/v1/functions/{name}/dlq`: purges a function's dead letters.
+pub(crate) async fn purge_dead_letters(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let purged = gateway.registry.store().purge_dead_letters(name).await?;
+    Ok(Json(json!({ "purged": purged })))
+}
+
 /// `GET /rampart/v1/functions/{name}/dlq`: dead-lettered events, newest first.
 pub(crate) async fn dead_letters(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let dead = gateway.registry.store().dead_letters(&name, 1000).await?;
-    let dead: Vec<Value> = dead
-        .into_iter()
-        .map(|d| {
-            json!({
-                "id": d.id, "reason": d.reason, "attempts": d.attempts,
-                "enqueued_ms": d.enqueued_ms, "failed_ms": d.failed_ms,
-                "last_error": d.last_error,
-                "payload": String::from_utf8_lossy(&d.payload),
-            })
-        })
-        .collect();
+    let dead: Vec<Value> = dead.into_iter().map(dead_letter_json).collect();
     Ok(Json(json!({ "dead_letters": dead })))
 }

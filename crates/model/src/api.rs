@@ -328,6 +328,85 @@ impl ApiSpec {
     }
 }
 
+/// Retries, event age and destinations of a function's asynchronous invocations
+/// (Lambda's `FunctionEventInvokeConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInvokeConfig {
+    /// Retries after a failed delivery, 0 to 2.
+    #[serde(default = "default_retries")]
+    pub maximum_retry_attempts: u32,
+    /// Oldest an event may get, 60 to 21600 seconds.
+    #[serde(default = "default_event_age")]
+    pub maximum_event_age_secs: u64,
+    /// Function ARN that receives a record of each success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<String>,
+    /// Function ARN that receives a record of each final failure (else Rampart's DLQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_event_age() -> u64 {
+    21_600
+}
+
+impl Default for EventInvokeConfig {
+    fn default() -> Self {
+        Self {
+            maximum_retry_attempts: default_retries(),
+            maximum_event_age_secs: default_event_age(),
+            on_success: None,
+            on_failure: None,
+        }
+    }
+}
+
+impl EventInvokeConfig {
+    /// Checks the ranges and that destinations are functions.
+    ///
+    /// # Errors
+    /// The field at fault, named as Lambda names it.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.maximum_retry_attempts > 2 {
+            return Err(ValidationError::new(
+                "MaximumRetryAttempts",
+                "must be 0 to 2",
+            ));
+        }
+        if !(60..=21_600).contains(&self.maximum_event_age_secs) {
+            return Err(ValidationError::new(
+                "MaximumEventAgeInSeconds",
+                "must be 60 to 21600",
+            ));
+        }
+        for destination in [&self.on_success, &self.on_failure].into_iter().flatten() {
+            destination_function(destination)?;
+        }
+        Ok(())
+    }
+}
+
+/// The function a destination ARN names (Rampart delivers destinations to functions only).
+///
+/// # Errors
+/// When the ARN is not a function's.
+pub fn destination_function(arn: &str) -> Result<FunctionName, ValidationError> {
+    let parsed = crate::FunctionRef::parse(arn)
+        .ok()
+        .filter(|_| arn.starts_with("arn:"));
+    parsed.map(|f| f.name).ok_or_else(|| {
+        ValidationError::new(
+            "DestinationConfig",
+            format!("destination '{arn}' must be a function ARN (arn:aws:lambda:<region>:<account>:function:<name>): Rampart delivers destinations to functions"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,8 @@ mod limits;
 mod names;
 
 pub use api::{
-    ApiSpec, CorsConfig, METHODS, PayloadFormat, RouteKey, RouteSpec, Segment, UsagePlan,
+    ApiSpec, CorsConfig, EventInvokeConfig, METHODS, PayloadFormat, RouteKey, RouteSpec, Segment,
+    UsagePlan, destination_function,
 };
 pub use config::{FunctionConfig, Runtime, RuntimeFamily};
 pub use limits::*;

@@ -140,6 +140,12 @@ enum Command {
         after_help = "Examples:\n  rampart plans set basic --rate 10 --burst 20 --quota-day 10000\n  rampart plans list"
     )]
     Plans(PlansCommand),
+    /// Inspect, replay or purge dead-lettered asynchronous events.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  rampart dlq list counter\n  rampart dlq show 6f1c...\n  rampart dlq replay counter --all\n  rampart dlq purge counter"
+    )]
+    Dlq(DlqCommand),
     /// Print a function's logs.
     #[command(
         after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c..."
@@ -156,6 +162,50 @@ enum Command {
         /// Only the lines of one invocation.
         #[arg(long)]
         request: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List a function's dead letters, newest first.
+    #[command(after_help = "Example:\n  rampart dlq list counter")]
+    List {
+        /// The function.
+        function: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Show one dead letter with its payload and last error.
+    #[command(after_help = "Example:\n  rampart dlq show 6f1c0d2e-...")]
+    Show {
+        /// The event's request id.
+        id: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Queue dead letters again (each leaves the DLQ only once its new event is stored).
+    #[command(
+        after_help = "Examples:\n  rampart dlq replay counter --id 6f1c0d2e-...\n  rampart dlq replay counter --all"
+    )]
+    Replay {
+        /// The function.
+        function: String,
+        /// One event.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead letter of the function.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Delete a function's dead letters.
+    #[command(after_help = "Example:\n  rampart dlq purge counter")]
+    Purge {
+        /// The function.
+        function: String,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -318,6 +368,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => invoke(&endpoint.endpoint, &function, &payload, tail, async_).await,
         Command::Functions(command) => functions(command).await,
         Command::Keys(command) => keys(command).await,
+        Command::Dlq(command) => dlq(command).await,
         Command::Plans(command) => plans(command).await,
         Command::Logs {
             function,
@@ -488,6 +539,82 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
             let client = Client::new(&endpoint.endpoint)?;
             client.delete_function(&function).await?;
             println!("deleted {function}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(command: DlqCommand) -> Result<ExitCode> {
+    use reqwest::Method;
+    match command {
+        DlqCommand::List { function, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let list = client
+                .manage(
+                    Method::GET,
+                    &format!("/rampart/v1/functions/{function}/dlq"),
+                    None,
+                    "listing dead letters",
+                )
+                .await?;
+            println!("{:<36}  {:<18} {:>8}  FAILED", "ID", "REASON", "ATTEMPTS");
+            for d in list["dead_letters"].as_array().into_iter().flatten() {
+                let failed =
+                    jiff::Timestamp::from_millisecond(d["failed_ms"].as_i64().unwrap_or(0))
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                println!(
+                    "{:<36}  {:<18} {:>8}  {failed}",
+                    d["id"].as_str().unwrap_or_default(),
+                    d["reason"].as_str().unwrap_or_default(),
+                    d["attempts"]
+                );
+            }
+        }
+        DlqCommand::Show { id, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let dead = client
+                .manage(
+                    Method::GET,
+                    &format!("/rampart/v1/dlq/{id}"),
+                    None,
+                    "reading a dead letter",
+                )
+                .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&dead).context("printing the dead letter")?
+            );
+        }
+        DlqCommand::Replay {
+            function,
+            id,
+            all,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let body = serde_json::json!({"id": id, "all": all});
+            let done = client
+                .manage(
+                    Method::POST,
+                    &format!("/rampart/v1/functions/{function}/dlq/replay"),
+                    Some(body),
+                    "replaying dead letters",
+                )
+                .await?;
+            println!("replayed {}", done["replayed"]);
+        }
+        DlqCommand::Purge { function, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let done = client
+                .manage(
+                    Method::DELETE,
+                    &format!("/rampart/v1/functions/{function}/dlq"),
+                    None,
+                    "purging dead letters",
+                )
+                .await?;
+            println!("purged {}", done["purged"]);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
 //! The durable queue of asynchronous invocations: enqueue (committed before the 202), claim by
 //! lease in one statement, ack, retry later, or dead-letter.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use crate::{Result, Store};
 
@@ -194,6 +194,150 @@ impl Store {
                 [&function],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
             )?)
+        })
+        .await
+    }
+}
+
+/// Event invoke configurations and the moves between queue, destinations and dead letters.
+impl Store {
+    /// Sets the configuration of `function:qualifier`.
+    pub async fn put_event_invoke_config(
+        &self,
+        function: String,
+        qualifier: String,
+        config: rampart_model::EventInvokeConfig,
+        now_ms: i64,
+    ) -> Result<()> {
+        let json = serde_json::to_string(&config).expect("a config always serializes");
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO event_invoke_configs (function, qualifier, config, last_modified_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (function, qualifier) DO UPDATE
+                 SET config = excluded.config, last_modified_ms = excluded.last_modified_ms",
+                params![function, qualifier, json, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a configuration; false when there was none.
+    pub async fn delete_event_invoke_config(
+        &self,
+        function: String,
+        qualifier: String,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM event_invoke_configs WHERE function = ?1 AND qualifier = ?2",
+                params![function, qualifier],
+            )? > 0)
+        })
+        .await
+    }
+
+    /// Every configuration: (function, qualifier, config, last modified ms).
+    pub async fn list_event_invoke_configs(
+        &self,
+    ) -> Result<Vec<(String, String, rampart_model::EventInvokeConfig, i64)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT function, qualifier, config, last_modified_ms FROM event_invoke_configs ORDER BY function, qualifier",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })?;
+            rows.map(|row| {
+                let (f, q, c, t) = row?;
+                let config = serde_json::from_str(&c)
+                    .map_err(|e| crate::Error::Corrupt(format!("event invoke config: {e}")))?;
+                Ok((f, q, config, t))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    /// Replaces event `id` by a new event `new_id` for `destination` carrying `record`, in one
+    /// transaction: the record is stored before the source is removed.
+    pub async fn forward(
+        &self,
+        id: String,
+        new_id: String,
+        destination: String,
+        record: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
+                 VALUES (?1, ?2, '$LATEST', ?3, ?4, ?4)",
+                params![new_id, destination, record, now_ms],
+            )?;
+            conn.execute("DELETE FROM events WHERE id = ?1", [&id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One dead letter.
+    pub async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT id, function, payload, enqueued_ms, failed_ms, attempts, reason, last_error
+                     FROM dead_letters WHERE id = ?1",
+                    [&id],
+                    |r| {
+                        Ok(DeadLetter {
+                            id: r.get(0)?,
+                            function: r.get(1)?,
+                            payload: r.get(2)?,
+                            enqueued_ms: r.get(3)?,
+                            failed_ms: r.get(4)?,
+                            attempts: r.get::<_, i64>(5)? as u32,
+                            reason: r.get(6)?,
+                            last_error: r.get(7)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Puts dead letters of `function` (one, or all) back in the queue as fresh events, in one
+    /// transaction: each is removed from the dead letters only with its new event committed.
+    /// Returns how many were replayed.
+    pub async fn replay_dead_letters(
+        &self,
+        function: String,
+        id: Option<String>,
+        now_ms: i64,
+    ) -> Result<usize> {
+        self.write(move |conn| {
+            let moved = conn.execute(
+                "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
+                 SELECT id, function, qualifier, payload, ?2, ?2 FROM dead_letters
+                 WHERE function = ?1 AND (?3 IS NULL OR id = ?3)",
+                params![function, now_ms, id],
+            )?;
+            conn.execute(
+                "DELETE FROM dead_letters WHERE function = ?1 AND (?2 IS NULL OR id = ?2)",
+                params![function, id],
+            )?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// Deletes the dead letters of a function; returns how many.
+    pub async fn purge_dead_letters(&self, function: String) -> Result<usize> {
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM dead_letters WHERE function = ?1", [&function])?)
         })
         .await
     }

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_apis.sql"),
     include_str!("migrations/0004_keys.sql"),
     include_str!("migrations/0005_async_queue.sql"),
+    include_str!("migrations/0006_event_invoke_configs.sql"),
 ];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.

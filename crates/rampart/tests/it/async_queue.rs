@@ -203,3 +203,219 @@ async fn accepted_events_survive_kill_9() {
     assert_eq!(stats["dead_letters"], 0, "{stats}");
     assert_eq!(stats["queue_depth"], 0, "{stats}");
 }
+
+/// Records every event it receives (destination records included) in `<data dir>/sink`.
+const SINK: &str = r#"
+import json, os
+def handler(event, context):
+    with open(os.environ["TMPDIR"] + "/../../sink", "a") as f:
+        f.write(json.dumps(event) + "\n")
+    return "sunk"
+"#;
+
+/// Fails until `<data dir>/fixed` exists.
+const FLAKY: &str = r#"
+import os
+def handler(event, context):
+    if not os.path.exists(os.environ["TMPDIR"] + "/../../fixed"):
+        raise ValueError("not fixed yet")
+    with open(os.environ["TMPDIR"] + "/../../delivered", "a") as f:
+        f.write(f"{context.aws_request_id} 0\n")
+    return {"fixed": True}
+"#;
+
+fn sunk(server: &Server) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(server.data_dir.join("sink"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_invoke_configs_route_records_to_destinations() {
+    let server = Server::start();
+    for (name, code) in [("sink", SINK), ("flaky", FLAKY)] {
+        server
+            .deploy(
+                name,
+                "python3.12",
+                "app.handler",
+                &[("app.py", code)],
+                json!({}),
+            )
+            .await;
+    }
+    let sink_arn = "arn:aws:lambda:us-east-1:000000000000:function:sink";
+    // boto3 sets, reads, merges, lists and deletes the configuration.
+    let script = format!(
+        r#"
+import boto3
+c = boto3.client('lambda', endpoint_url='{ep}', region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b')
+r = c.put_function_event_invoke_config(FunctionName='flaky', MaximumRetryAttempts=1,
+    DestinationConfig={{'OnFailure': {{'Destination': '{sink}'}}}})
+assert r['MaximumRetryAttempts'] == 1 and r['MaximumEventAgeInSeconds'] == 21600, r
+assert r['FunctionArn'].endswith(':function:flaky:$LATEST'), r
+r = c.update_function_event_invoke_config(FunctionName='flaky', MaximumRetryAttempts=0,
+    DestinationConfig={{'OnSuccess': {{'Destination': '{sink}'}}}})
+assert r['MaximumRetryAttempts'] == 0, r
+assert r['DestinationConfig']['OnFailure']['Destination'] == '{sink}', r
+assert r['DestinationConfig']['OnSuccess']['Destination'] == '{sink}', r
+g = c.get_function_event_invoke_config(FunctionName='flaky')
+assert g['MaximumRetryAttempts'] == 0, g
+assert len(c.list_function_event_invoke_configs(FunctionName='flaky')['FunctionEventInvokeConfigs']) == 1
+c.put_function_event_invoke_config(FunctionName='sink', MaximumRetryAttempts=2)
+c.delete_function_event_invoke_config(FunctionName='sink')
+try:
+    c.get_function_event_invoke_config(FunctionName='sink')
+    raise SystemExit('expected ResourceNotFoundException')
+except c.exceptions.ResourceNotFoundException:
+    pass
+print('ok')
+"#,
+        ep = server.endpoint,
+        sink = sink_arn
+    );
+    let out = std::process::Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad values and non-function destinations are refused by the server.
+    for bad in [
+        json!({"MaximumRetryAttempts": 3}),
+        json!({"MaximumEventAgeInSeconds": 30}),
+        json!({"DestinationConfig": {"OnFailure": {"Destination": "arn:aws:sqs:us-east-1:000000000000:q"}}}),
+    ] {
+        let r = server
+            .http
+            .put(server.url("/2019-09-25/functions/flaky/event-invoke-config"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // A failure (no retries) goes to the on-failure destination with Lambda's record.
+    let r = event(&server, "flaky", r#"{"order": 7}"#).await;
+    let failed_id = r.header("x-amzn-requestid").unwrap().to_owned();
+    server
+        .eventually("the failure record", Duration::from_secs(10), || async {
+            !sunk(&server).is_empty()
+        })
+        .await;
+    let record = &sunk(&server)[0];
+    assert_eq!(record["version"], "1.0");
+    assert_eq!(record["requestContext"]["requestId"], failed_id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    assert_eq!(
+        record["requestContext"]["functionArn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:flaky:$LATEST"
+    );
+    assert_eq!(record["requestPayload"], json!({"order": 7}));
+    assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(record["responsePayload"]["errorType"], "ValueError");
+    assert!(record["timestamp"].as_str().unwrap().ends_with('Z'));
+    // A success goes to the on-success destination.
+    std::fs::write(server.data_dir.join("fixed"), "").unwrap();
+    event(&server, "flaky", r#"{"order": 8}"#).await;
+    server
+        .eventually("the success record", Duration::from_secs(10), || async {
+            sunk(&server).len() == 2
+        })
+        .await;
+    let record = &sunk(&server)[1];
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(record["responsePayload"], json!({"fixed": true}));
+    assert!(record["responseContext"].get("functionError").is_none());
+    let (_, stats) = server.get_json("/rampart/v1/functions/flaky/stats").await;
+    assert_eq!(stats["dead_letters"], 0, "destinations took them: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_inspected_replayed_and_purged() {
+    let server = Server::start_with(&["--async-retry-base", "100ms"], &[]);
+    server
+        .deploy(
+            "flaky",
+            "python3.12",
+            "app.handler",
+            &[("app.py", FLAKY)],
+            json!({}),
+        )
+        .await;
+    let r = server
+        .http
+        .put(server.url("/2019-09-25/functions/flaky/event-invoke-config"))
+        .json(&json!({"MaximumRetryAttempts": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = event(&server, "flaky", &format!(r#"{{"n": {i}}}"#)).await;
+        ids.push(r.header("x-amzn-requestid").unwrap().to_owned());
+    }
+    let stats = || async { server.get_json("/rampart/v1/functions/flaky/stats").await.1 };
+    server
+        .eventually("three dead letters", Duration::from_secs(10), || async {
+            stats().await["dead_letters"] == 3
+        })
+        .await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(args)
+            .env("RAMPART_ENDPOINT", &server.endpoint)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = cli(&["dlq", "list", "flaky"]);
+    assert!(
+        ids.iter().all(|id| list.contains(id.as_str())) && list.contains("RetriesExhausted"),
+        "{list}"
+    );
+    let shown = cli(&["dlq", "show", &ids[0]]);
+    assert!(
+        shown.contains("not fixed yet") && shown.contains(r#"{\"n\": 0}"#),
+        "{shown}"
+    );
+    // Fixed: replay one, then the rest; each is delivered.
+    std::fs::write(server.data_dir.join("fixed"), "").unwrap();
+    assert!(cli(&["dlq", "replay", "flaky", "--id", &ids[0]]).contains("replayed 1"));
+    assert!(cli(&["dlq", "replay", "flaky", "--all"]).contains("replayed 2"));
+    server
+        .eventually(
+            "the replayed events delivered",
+            Duration::from_secs(10),
+            || async {
+                let done: HashSet<String> =
+                    delivered(&server).into_iter().map(|(d, _)| d).collect();
+                ids.iter().all(|id| done.contains(id))
+            },
+        )
+        .await;
+    assert_eq!(stats().await["dead_letters"], 0);
+    // Purge.
+    std::fs::remove_file(server.data_dir.join("fixed")).unwrap();
+    event(&server, "flaky", "{}").await;
+    server
+        .eventually("a new dead letter", Duration::from_secs(10), || async {
+            stats().await["dead_letters"] == 1
+        })
+        .await;
+    assert!(cli(&["dlq", "purge", "flaky"]).contains("purged 1"));
+    assert_eq!(stats().await["dead_letters"], 0);
+}
