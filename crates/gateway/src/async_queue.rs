@@ -32,6 +32,8 @@ pub struct AsyncSettings {
     pub max_age: Duration,
     /// Deliveries at once, over all functions.
     pub concurrency: usize,
+    /// How long an idempotency key (`x-rampart-idempotency-key`) deduplicates events.
+    pub idempotency_window: Duration,
 }
 
 impl Default for AsyncSettings {
@@ -41,8 +43,29 @@ impl Default for AsyncSettings {
             max_retries: 2,
             max_age: Duration::from_secs(6 * 3600),
             concurrency: 16,
+            idempotency_window: Duration::from_secs(3600),
         }
     }
+}
+
+/// Counts of a function's asynchronous events since the server started (the monitoring issue
+/// publishes them as metrics).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct AsyncCounters {
+    /// Events accepted (202).
+    pub received: u64,
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    /// Failed deliveries scheduled again.
+    pub retried: u64,
+    /// Events given up on for their age.
+    pub expired: u64,
+    /// Events put in the dead-letter table.
+    pub dead_lettered: u64,
+    /// Records that could not be handed to a destination.
+    pub destination_failures: u64,
+    /// Age of the last delivered event when it was delivered, ms.
+    pub last_event_age_ms: i64,
 }
 
 /// How long a claimed event is held: the longest function timeout plus a margin. A server that
@@ -73,17 +96,22 @@ fn jitter_of(id: &str) -> f64 {
 impl Gateway {
     /// Delivers queued events until `shutdown` is cancelled, then waits (bounded) for the
     /// deliveries in flight.
-    pub async fn run_async_worker(
-        self: Arc<Self>,
-        settings: AsyncSettings,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run_async_worker(self: Arc<Self>, shutdown: CancellationToken) {
+        let settings = self.async_settings.clone();
         if let Err(e) = self.registry.store().release_leases().await {
             tracing::error!(error = %e, "could not release the leases of a previous run");
         }
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let tasks = TaskTracker::new();
+        let mut last_prune = tokio::time::Instant::now();
         loop {
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                let before = now_ms() - settings.idempotency_window.as_millis() as i64;
+                if let Err(e) = self.registry.store().prune_idempotency_keys(before).await {
+                    tracing::warn!(error = %e, "pruning idempotency keys failed");
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.queue_wakeup.notified() => {}
@@ -189,7 +217,9 @@ impl Gateway {
             tail: false,
         };
         let result = self.dispatcher.invoke(spec, request).await;
+        let result_kind = result.as_ref().ok().map(|o| !o.function_error);
         let id = event.id.clone();
+        let age = now_ms() - event.enqueued_ms;
         let recorded = match result {
             Ok(o) if !o.function_error => match on_success {
                 Some(destination) => {
@@ -211,6 +241,7 @@ impl Gateway {
                     .await;
                     Ok(())
                 } else {
+                    self.count(&event.function, |c| c.retried += 1);
                     let error = Some(String::from_utf8_lossy(&o.body).into_owned());
                     let delay = retry_delay(settings.retry_base, failures, jitter_of(&event.id));
                     store
@@ -229,7 +260,28 @@ impl Gateway {
         };
         if let Err(e) = recorded {
             tracing::error!(error = %e, event = %event.id, "recording a delivery failed; the lease will return it");
+        } else if matches!(&result_kind, Some(true)) {
+            self.count(&event.function, |c| {
+                c.delivered += 1;
+                c.last_event_age_ms = age;
+            });
         }
+    }
+
+    /// Changes a function's counters.
+    pub(crate) fn count(&self, function: &str, change: impl FnOnce(&mut AsyncCounters)) {
+        let mut counters = self.async_counters.lock().expect("counters lock");
+        change(counters.entry(function.to_owned()).or_default());
+    }
+
+    /// A function's counters.
+    pub(crate) fn counters(&self, function: &str) -> AsyncCounters {
+        self.async_counters
+            .lock()
+            .expect("counters lock")
+            .get(function)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Gives up on an event: to the on-failure destination when there is one, else to the
@@ -253,6 +305,12 @@ impl Gateway {
         if on_failure.is_some() && forwarded.is_ok() {
             return;
         }
+        self.count(&event.function, |c| {
+            c.dead_lettered += 1;
+            if on_failure.is_some() {
+                c.destination_failures += 1;
+            }
+        });
         let error = outcome.map(|o| String::from_utf8_lossy(&o.body).into_owned());
         let reason = if on_failure.is_some() {
             format!("{condition}; the on-failure destination could not take it")

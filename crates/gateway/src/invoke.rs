@@ -17,6 +17,11 @@ use rampart_runtime::{FunctionSpec, InvokeError, InvokeRequest};
 
 use crate::{ApiError, Gateway};
 
+/// Rampart's header for deduplicating asynchronous invocations (not a Lambda feature): a second
+/// `Event` with the same key for the same function within the window stores nothing and gets
+/// the first request's id.
+pub const IDEMPOTENCY_HEADER: &str = "x-rampart-idempotency-key";
+
 /// The function a request names, resolved against the registry.
 pub(crate) struct Target {
     pub name: String,
@@ -111,19 +116,34 @@ pub(crate) async fn invoke(
         "Event" => {
             // Accepted only once durably stored: the 202 means the event cannot be lost.
             let payload = read_payload(body, MAX_ASYNC_PAYLOAD_BYTES).await?;
-            let request_id = uuid::Uuid::new_v4().to_string();
-            gateway
-                .registry
-                .store()
-                .enqueue(
-                    request_id.clone(),
-                    target.name.clone(),
-                    target.spec.version_label.to_string(),
-                    payload.to_vec(),
-                    jiff::Timestamp::now().as_millisecond(),
-                )
-                .await?;
+            let new_id = uuid::Uuid::new_v4().to_string();
+            let now = jiff::Timestamp::now().as_millisecond();
+            let store = gateway.registry.store();
+            let event = rampart_store::NewEvent {
+                id: new_id,
+                function: target.name.clone(),
+                qualifier: target.spec.version_label.to_string(),
+                payload: payload.to_vec(),
+                enqueued_ms: now,
+            };
+            let request_id = match header(&headers, IDEMPOTENCY_HEADER) {
+                Some(key) => {
+                    if key.is_empty() || key.len() > 256 {
+                        return Err(ApiError::invalid_parameter(format!(
+                            "{IDEMPOTENCY_HEADER} must be 1 to 256 characters"
+                        )));
+                    }
+                    let window = gateway.async_settings.idempotency_window.as_millis() as i64;
+                    store.enqueue_once(event, key.to_owned(), window).await?
+                }
+                None => {
+                    let id = event.id.clone();
+                    store.enqueue(event).await?;
+                    id
+                }
+            };
             gateway.queue_wakeup.notify_one();
+            gateway.count(&target.name, |c| c.received += 1);
             let mut response = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert("x-amzn-requestid", v);

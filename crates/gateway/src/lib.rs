@@ -45,6 +45,10 @@ pub struct Gateway {
     keys: keys::Keys,
     /// Wakes the async worker when an event is enqueued.
     queue_wakeup: tokio::sync::Notify,
+    /// How asynchronous events are delivered and deduplicated.
+    async_settings: AsyncSettings,
+    /// Counters of asynchronous events by function.
+    async_counters: std::sync::Mutex<HashMap<String, async_queue::AsyncCounters>>,
     /// Event invoke configurations by (function, qualifier), with their last change (ms).
     event_configs: RwLock<HashMap<(String, String), (EventInvokeConfig, i64)>>,
 }
@@ -58,6 +62,7 @@ impl Gateway {
         registry: Registry,
         dispatcher: Dispatcher,
         region: String,
+        async_settings: AsyncSettings,
     ) -> Result<Arc<Self>, String> {
         let apis = registry
             .store()
@@ -77,6 +82,8 @@ impl Gateway {
             .map(|(f, q, c, t)| ((f, q), (c, t)))
             .collect();
         Ok(Arc::new(Self {
+            async_settings,
+            async_counters: std::sync::Mutex::default(),
             event_configs: RwLock::new(event_configs),
             queue_wakeup: tokio::sync::Notify::new(),
             keys,

@@ -76,6 +76,7 @@ pub(crate) async fn stats(
     Ok(Json(json!({
         "instances": s.instances, "idle": s.idle, "busy": s.busy, "concurrency_limit": s.limit,
         "queue_depth": depth, "oldest_event_age_ms": oldest_age_ms, "dead_letters": dead,
+        "async": gateway.counters(&name),
     })))
 }
 

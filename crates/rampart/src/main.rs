@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Delay before an asynchronous event's first retry; doubles for each further one.
     #[arg(long, env = "RAMPART_ASYNC_RETRY_BASE", default_value = "60s", value_parser = parse_duration)]
     async_retry_base: std::time::Duration,
+    /// How long an `x-rampart-idempotency-key` deduplicates asynchronous invocations.
+    #[arg(long, env = "RAMPART_IDEMPOTENCY_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    idempotency_window: std::time::Duration,
     /// Memory limits: `auto` uses a cgroup (v2, else v1) when one is writable, else setrlimit;
     /// `rlimit` always uses setrlimit.
     #[arg(long, env = "RAMPART_SANDBOX", default_value = "auto", value_parser = ["auto", "rlimit"])]
@@ -394,6 +397,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         init_timeout: args.init_timeout,
         async_settings: rampart_gateway::AsyncSettings {
             retry_base: args.async_retry_base,
+            idempotency_window: args.idempotency_window,
             ..rampart_gateway::AsyncSettings::default()
         },
     };

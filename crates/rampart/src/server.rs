@@ -133,9 +133,14 @@ pub async fn start(options: Options) -> Result<Running> {
     let registry = Registry::load(store.clone(), CodeStore::new(&data_dir), dispatcher.clone())
         .await
         .context("loading functions")?;
-    let gateway = Gateway::load(registry, dispatcher.clone(), options.region.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("loading APIs: {e}"))?;
+    let gateway = Gateway::load(
+        registry,
+        dispatcher.clone(),
+        options.region.clone(),
+        options.async_settings.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("loading APIs: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -159,11 +164,7 @@ pub async fn start(options: Options) -> Result<Running> {
     ));
     tasks.spawn(dispatcher.clone().run_maintenance(shutdown.child_token()));
     let queue_stop = CancellationToken::new();
-    let queue_worker = tokio::spawn(
-        gateway
-            .clone()
-            .run_async_worker(options.async_settings.clone(), queue_stop.clone()),
-    );
+    let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));
 
     let http_stop = CancellationToken::new();
     let router = gateway.router();

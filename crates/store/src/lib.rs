@@ -18,7 +18,7 @@ pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
 pub use keys::{ApiKey, Quota};
 pub use logs::{LogLine, LogQuery};
-pub use queue::{DeadLetter, QueuedEvent};
+pub use queue::{DeadLetter, NewEvent, QueuedEvent};
 pub use sqlite::Store;
 
 use thiserror::Error;

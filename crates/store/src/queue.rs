@@ -22,6 +22,29 @@ pub struct QueuedEvent {
     pub attempts: u32,
 }
 
+/// An event to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The request id answered with the 202.
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// `$LATEST` or a version number.
+    pub qualifier: String,
+    /// The event.
+    pub payload: Vec<u8>,
+    /// When it was accepted, epoch ms.
+    pub enqueued_ms: i64,
+}
+
+fn insert_event(conn: &rusqlite::Connection, e: &NewEvent) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![e.id, e.function, e.qualifier, e.payload, e.enqueued_ms],
+    )
+}
+
 /// A dead-lettered event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -45,21 +68,54 @@ pub struct DeadLetter {
 
 impl Store {
     /// Stores an event; returns once it is committed (fsync), so a 202 can follow.
-    pub async fn enqueue(
+    pub async fn enqueue(&self, event: NewEvent) -> Result<()> {
+        self.write(move |conn| {
+            insert_event(conn, &event)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Like [`Store::enqueue`], deduplicated by a client key: when the function saw `key` within
+    /// the last `window_ms`, nothing is stored and the first request's id is returned.
+    pub async fn enqueue_once(
         &self,
-        id: String,
-        function: String,
-        qualifier: String,
-        payload: Vec<u8>,
-        now_ms: i64,
-    ) -> Result<()> {
+        event: NewEvent,
+        key: String,
+        window_ms: i64,
+    ) -> Result<String> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![id, function, qualifier, payload, now_ms],
+                "DELETE FROM idempotency_keys WHERE function = ?1 AND key = ?2 AND created_ms < ?3",
+                params![event.function, key, event.enqueued_ms - window_ms],
             )?;
-            Ok(())
+            let first: Option<String> = conn
+                .query_row(
+                    "SELECT request_id FROM idempotency_keys WHERE function = ?1 AND key = ?2",
+                    params![event.function, key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(first) = first {
+                return Ok(first);
+            }
+            conn.execute(
+                "INSERT INTO idempotency_keys (function, key, request_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![event.function, key, event.id, event.enqueued_ms],
+            )?;
+            insert_event(conn, &event)?;
+            Ok(event.id)
+        })
+        .await
+    }
+
+    /// Forgets idempotency keys older than `before_ms`; returns how many.
+    pub async fn prune_idempotency_keys(&self, before_ms: i64) -> Result<usize> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM idempotency_keys WHERE created_ms < ?1",
+                [before_ms],
+            )?)
         })
         .await
     }
@@ -353,13 +409,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         for i in 0..3 {
             store
-                .enqueue(
-                    format!("e{i}"),
-                    "f".into(),
-                    "$LATEST".into(),
-                    vec![b'{', b'}'],
-                    100 + i,
-                )
+                .enqueue(NewEvent {
+                    id: format!("e{i}"),
+                    function: "f".into(),
+                    qualifier: "$LATEST".into(),
+                    payload: vec![b'{', b'}'],
+                    enqueued_ms: 100 + i,
+                })
                 .await
                 .unwrap();
         }

@@ -419,3 +419,181 @@ async fn dead_letters_can_be_inspected_replayed_and_purged() {
     assert!(cli(&["dlq", "purge", "flaky"]).contains("purged 1"));
     assert_eq!(stats().await["dead_letters"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_deduplicate_within_the_window() {
+    let server = Server::start_with(&["--idempotency-window", "1s"], &[]);
+    server
+        .deploy(
+            "rec",
+            "python3.12",
+            "app.handler",
+            &[("app.py", RECORDER)],
+            json!({}),
+        )
+        .await;
+    let keyed = |key: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .invoke_with(
+                    "rec",
+                    "{}",
+                    &[
+                        ("X-Amz-Invocation-Type", "Event"),
+                        ("X-Rampart-Idempotency-Key", key),
+                    ],
+                )
+                .await
+        }
+    };
+    let first = keyed("order-1").await;
+    let second = keyed("order-1").await;
+    assert_eq!((first.status, second.status), (202, 202));
+    let id = first.header("x-amzn-requestid").unwrap().to_owned();
+    assert_eq!(
+        second.header("x-amzn-requestid"),
+        Some(id.as_str()),
+        "the first request's id"
+    );
+    let other = keyed("order-2").await;
+    assert_ne!(other.header("x-amzn-requestid"), Some(id.as_str()));
+    server
+        .eventually("two deliveries", Duration::from_secs(10), || async {
+            delivered(&server).len() == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered(&server).len(), 2, "the duplicate stored nothing");
+    // Past the window the key is new again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = keyed("order-1").await;
+    assert_ne!(later.header("x-amzn-requestid"), Some(id.as_str()));
+    let (_, stats) = server.get_json("/rampart/v1/functions/rec/stats").await;
+    assert!(stats["async"]["received"].as_u64().unwrap() >= 3, "{stats}");
+    server
+        .eventually("delivery counted", Duration::from_secs(10), || async {
+            server.get_json("/rampart/v1/functions/rec/stats").await.1["async"]["delivered"] == 3
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_deliveries_keep_their_attempts() {
+    let server = Server::start();
+    server
+        .deploy(
+            "rec",
+            "python3.12",
+            "app.handler",
+            &[("app.py", RECORDER)],
+            json!({"ReservedConcurrentExecutions": 1, "Timeout": 10}),
+        )
+        .await;
+    let r = server
+        .http
+        .put(server.url("/2019-09-25/functions/rec/event-invoke-config"))
+        .json(&json!({"MaximumRetryAttempts": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A synchronous call holds the only slot while the event waits.
+    let busy = server.invoke("rec", r#"{"sleep": 1.5}"#);
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        event(&server, "rec", "{}")
+            .await
+            .header("x-amzn-requestid")
+            .unwrap()
+            .to_owned()
+    };
+    let (sync_result, id) = tokio::join!(busy, queued);
+    assert_eq!(sync_result.status, 200);
+    server
+        .eventually(
+            "the throttled event delivered",
+            Duration::from_secs(10),
+            || async { delivered(&server).iter().any(|(d, _)| *d == id) },
+        )
+        .await;
+    let (_, stats) = server.get_json("/rampart/v1/functions/rec/stats").await;
+    assert_eq!(
+        stats["dead_letters"], 0,
+        "throttling used up no attempt: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_event_is_lost_across_repeated_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[], &[]);
+    server
+        .deploy(
+            "rec",
+            "python3.12",
+            "app.handler",
+            &[("app.py", RECORDER)],
+            json!({"Timeout": 10}),
+        )
+        .await;
+    let mut accepted: HashSet<String> = HashSet::new();
+    // Four rounds: four concurrent clients send events, the server is killed mid-stream.
+    for round in 0..4 {
+        let endpoint = server.endpoint.clone();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let http = server.http.clone();
+            let url = format!("{endpoint}/2015-03-31/functions/rec/invocations");
+            clients.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..10 {
+                    let sent = http
+                        .post(&url)
+                        .header("X-Amz-Invocation-Type", "Event")
+                        .body(r#"{"sleep": 0.05}"#)
+                        .send()
+                        .await;
+                    // Once the server is gone, requests fail: only 202s count as accepted.
+                    match sent {
+                        Ok(r) if r.status() == 202 => {
+                            ids.push(r.headers()["x-amzn-requestid"].to_str().unwrap().to_owned())
+                        }
+                        _ => break,
+                    }
+                }
+                ids
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(40 + 30 * round)).await;
+        server.kill9();
+        for c in clients {
+            accepted.extend(c.await.unwrap());
+        }
+        server = Server::start_in(dir.path(), &[], &[]);
+    }
+    assert!(
+        accepted.len() >= 4,
+        "some events were accepted: {}",
+        accepted.len()
+    );
+    server
+        .eventually(
+            "every accepted event delivered",
+            Duration::from_secs(60),
+            || async {
+                let done: HashSet<String> =
+                    delivered(&server).into_iter().map(|(d, _)| d).collect();
+                accepted.is_subset(&done)
+            },
+        )
+        .await;
+    let deliveries = delivered(&server);
+    let unique: HashSet<&String> = deliveries.iter().map(|(d, _)| d).collect();
+    eprintln!(
+        "accepted {}, delivered {} times ({} duplicates, 0 lost)",
+        accepted.len(),
+        deliveries.len(),
+        deliveries.len() - unique.len()
+    );
+}
