@@ -171,6 +171,7 @@ impl Gateway {
         let store = self.registry.store();
         let now = now_ms();
         if now - event.enqueued_ms > max_age.as_millis() as i64 {
+            self.count(&event.function, |c| c.expired += 1);
             self.fail(
                 &event,
                 "EventAgeExceeded",

@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Delay before an asynchronous event's first retry; doubles for each further one.
     #[arg(long, env = "RAMPART_ASYNC_RETRY_BASE", default_value = "60s", value_parser = parse_duration)]
     async_retry_base: std::time::Duration,
+    /// Oldest an asynchronous event may get when its function sets no MaximumEventAgeInSeconds.
+    #[arg(long, env = "RAMPART_ASYNC_MAX_EVENT_AGE", default_value = "6h", value_parser = parse_duration)]
+    async_max_event_age: std::time::Duration,
     /// How long an `x-rampart-idempotency-key` deduplicates asynchronous invocations.
     #[arg(long, env = "RAMPART_IDEMPOTENCY_WINDOW", default_value = "1h", value_parser = parse_duration)]
     idempotency_window: std::time::Duration,
@@ -398,6 +401,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         async_settings: rampart_gateway::AsyncSettings {
             retry_base: args.async_retry_base,
             idempotency_window: args.idempotency_window,
+            max_age: args.async_max_event_age,
             ..rampart_gateway::AsyncSettings::default()
         },
     };

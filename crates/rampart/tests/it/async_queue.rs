@@ -597,3 +597,34 @@ async fn no_acknowledged_event_is_lost_across_repeated_kill_9() {
         deliveries.len() - unique.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_too_old_go_to_the_dead_letters() {
+    let server = Server::start_with(&["--async-max-event-age", "1s"], &[]);
+    // Reserved concurrency 0 disables the function: every delivery is throttled (no attempt
+    // used) until the event is too old.
+    server
+        .deploy(
+            "rec",
+            "python3.12",
+            "app.handler",
+            &[("app.py", RECORDER)],
+            json!({"ReservedConcurrentExecutions": 0}),
+        )
+        .await;
+    let r = event(&server, "rec", r#"{"n": 1}"#).await;
+    assert_eq!(r.status, 202);
+    let id = r.header("x-amzn-requestid").unwrap().to_owned();
+    server
+        .eventually("the event expired", Duration::from_secs(10), || async {
+            server.get_json("/rampart/v1/functions/rec/stats").await.1["dead_letters"] == 1
+        })
+        .await;
+    let (_, dlq) = server.get_json("/rampart/v1/functions/rec/dlq").await;
+    assert_eq!(dlq["dead_letters"][0]["id"], id.as_str());
+    assert_eq!(dlq["dead_letters"][0]["reason"], "EventAgeExceeded");
+    assert_eq!(dlq["dead_letters"][0]["attempts"], 0);
+    assert!(delivered(&server).is_empty());
+    let (_, stats) = server.get_json("/rampart/v1/functions/rec/stats").await;
+    assert_eq!(stats["async"]["expired"], 1);
+}
