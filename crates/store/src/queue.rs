@@ -468,4 +468,121 @@ mod tests {
         );
         assert_eq!(store.queue_depth("f").await.unwrap(), (1, Some(102)));
     }
+
+    /// Operations on the queue, for the state-machine property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Enqueue,
+        Claim {
+            lease: i64,
+            limit: usize,
+        },
+        Ack(usize),
+        Retry {
+            pick: usize,
+            delay: i64,
+            failed: bool,
+        },
+        DeadLetter(usize),
+        Advance(i64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Op::Enqueue),
+            3 => (1i64..50, 1usize..5).prop_map(|(lease, limit)| Op::Claim { lease, limit }),
+            2 => any::<usize>().prop_map(Op::Ack),
+            2 => (any::<usize>(), 0i64..30, any::<bool>()).prop_map(|(pick, delay, failed)| Op::Retry { pick, delay, failed }),
+            1 => any::<usize>().prop_map(Op::DeadLetter),
+            2 => (1i64..40).prop_map(Op::Advance),
+        ]
+    }
+
+    /// The model: what each stored event should look like.
+    #[derive(Debug, Clone)]
+    struct Modeled {
+        next_attempt: i64,
+        lease_until: Option<i64>,
+        attempts: u32,
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The SQLite queue behaves as a simple in-memory model: claims return exactly the due,
+        /// unleased events (oldest due first, up to the limit); no event is ever lost or
+        /// duplicated between the queue and the dead letters.
+        #[test]
+        fn queue_matches_its_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(dir.path()).unwrap();
+                let mut model: std::collections::BTreeMap<String, Modeled> = Default::default();
+                let mut dead: std::collections::BTreeSet<String> = Default::default();
+                let mut acked: std::collections::BTreeSet<String> = Default::default();
+                let mut now = 1_000i64;
+                let mut counter = 0;
+                for op in ops {
+                    match op {
+                        Op::Enqueue => {
+                            counter += 1;
+                            let id = format!("e{counter:04}");
+                            store.enqueue(NewEvent { id: id.clone(), function: "f".into(), qualifier: "$LATEST".into(), payload: vec![], enqueued_ms: now }).await.unwrap();
+                            model.insert(id, Modeled { next_attempt: now, lease_until: None, attempts: 0 });
+                            // Distinct times keep the due order unambiguous.
+                            now += 1;
+                        }
+                        Op::Claim { lease, limit } => {
+                            let mut due: Vec<(&String, &Modeled)> = model
+                                .iter()
+                                .filter(|(_, m)| m.next_attempt <= now && m.lease_until.is_none_or(|l| l <= now))
+                                .collect();
+                            due.sort_by_key(|(id, m)| (m.next_attempt, (*id).clone()));
+                            let expected: std::collections::BTreeSet<String> = due.iter().take(limit).map(|(id, _)| (*id).clone()).collect();
+                            let claimed = store.claim(now, lease, limit).await.unwrap();
+                            let got: std::collections::BTreeSet<String> = claimed.iter().map(|e| e.id.clone()).collect();
+                            proptest::prop_assert_eq!(&got, &expected);
+                            for e in &claimed {
+                                proptest::prop_assert_eq!(e.attempts, model[&e.id].attempts);
+                                model.get_mut(&e.id).unwrap().lease_until = Some(now + lease);
+                            }
+                        }
+                        Op::Ack(pick) => {
+                            if let Some(id) = model.keys().nth(pick % model.len().max(1)).cloned() {
+                                store.ack(id.clone()).await.unwrap();
+                                model.remove(&id);
+                                acked.insert(id);
+                            }
+                        }
+                        Op::Retry { pick, delay, failed } => {
+                            if let Some(id) = model.keys().nth(pick % model.len().max(1)).cloned() {
+                                store.retry_later(id.clone(), now + delay, failed, None).await.unwrap();
+                                let m = model.get_mut(&id).unwrap();
+                                m.next_attempt = now + delay;
+                                m.lease_until = None;
+                                m.attempts += u32::from(failed);
+                            }
+                        }
+                        Op::DeadLetter(pick) => {
+                            if let Some(id) = model.keys().nth(pick % model.len().max(1)).cloned() {
+                                let attempts = model[&id].attempts;
+                                store.dead_letter(id.clone(), "RetriesExhausted".into(), None, attempts, now).await.unwrap();
+                                model.remove(&id);
+                                dead.insert(id);
+                            }
+                        }
+                        Op::Advance(by) => now += by,
+                    }
+                    // Invariant: every event is in exactly one place.
+                    let (depth, _) = store.queue_depth("f").await.unwrap();
+                    proptest::prop_assert_eq!(depth as usize, model.len());
+                    let stored_dead = store.dead_letters("f", 10_000).await.unwrap();
+                    proptest::prop_assert_eq!(stored_dead.len(), dead.len());
+                    proptest::prop_assert_eq!(model.len() + dead.len() + acked.len(), counter);
+                }
+                Ok(())
+            })?;
+        }
+    }
 }
