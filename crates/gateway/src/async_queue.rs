@@ -104,6 +104,8 @@ impl Gateway {
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let tasks = TaskTracker::new();
         let mut last_prune = tokio::time::Instant::now();
+        let freed = Arc::new(tokio::sync::Notify::new());
+        let mut idle = true;
         loop {
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = tokio::time::Instant::now();
@@ -112,10 +114,17 @@ impl Gateway {
                     tracing::warn!(error = %e, "pruning idempotency keys failed");
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.queue_wakeup.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
+            // Wait only when there is nothing to do: no free slot, or the last claim emptied the
+            // due events. A full claim goes straight on to the next one.
+            if idle || slots.available_permits() == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.queue_wakeup.notified() => {}
+                    () = freed.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            } else if shutdown.is_cancelled() {
+                break;
             }
             let free = slots.available_permits();
             if free == 0 {
@@ -130,18 +139,22 @@ impl Gateway {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming queued events failed");
+                    idle = true;
                     continue;
                 }
             };
+            idle = claimed.len() < free;
             for event in claimed {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
                 let this = self.clone();
                 let settings = settings.clone();
+                let freed = freed.clone();
                 tasks.spawn(async move {
                     this.deliver(event, &settings).await;
                     drop(permit);
+                    freed.notify_one();
                 });
             }
         }
