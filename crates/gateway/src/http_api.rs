@@ -281,6 +281,9 @@ async fn route_request(
             }
         }
     };
+    if matched.route.spec.asynchronous {
+        return enqueue_route_event(gateway, &function, &deployed.spec, event, request_id).await;
+    }
     if event.len() > rampart_model::MAX_SYNC_PAYLOAD_BYTES {
         return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
     }
@@ -343,6 +346,46 @@ async fn route_request(
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(header, v);
+    }
+    response
+}
+
+/// An asynchronous route: the event is stored (then the caller hears 202 with its request id)
+/// and delivered like any `Event` invocation.
+async fn enqueue_route_event(
+    gateway: &Gateway,
+    function: &str,
+    spec: &rampart_runtime::FunctionSpec,
+    event: Bytes,
+    request_id: String,
+) -> Response {
+    if event.len() > rampart_model::MAX_ASYNC_PAYLOAD_BYTES {
+        return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+    }
+    let stored = gateway
+        .registry
+        .store()
+        .enqueue(rampart_store::NewEvent {
+            id: request_id.clone(),
+            function: function.to_owned(),
+            qualifier: spec.version_label.to_string(),
+            payload: event.to_vec(),
+            enqueued_ms: jiff::Timestamp::now().as_millisecond(),
+        })
+        .await;
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "queueing a route's event failed");
+        return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+    }
+    gateway.queue_wakeup.notify_one();
+    gateway.count(function, |c| c.received += 1);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "requestId": request_id })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-amzn-requestid", v);
     }
     response
 }

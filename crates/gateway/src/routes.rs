@@ -241,6 +241,7 @@ mod tests {
                     function: format!("fn-{}", r.len()),
                     payload_format: None,
                     api_key_required: false,
+                    asynchronous: false,
                 })
                 .collect(),
         }

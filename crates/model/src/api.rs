@@ -42,6 +42,9 @@ pub struct RouteSpec {
     /// Requests must carry a valid `x-api-key`; its usage plan's limits apply.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub api_key_required: bool,
+    /// The event is queued (durably) and the caller gets 202 with its request id at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asynchronous: bool,
 }
 
 /// Limits of the keys assigned to it: a token bucket (rate, burst) and quotas.
@@ -449,6 +452,7 @@ mod tests {
             function: "f".into(),
             payload_format: None,
             api_key_required: false,
+            asynchronous: false,
         };
         let mut api = ApiSpec {
             name: "shop".into(),

@@ -39,6 +39,27 @@ pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed
                 .await
                 .context("packaging task failed")??;
         let action = deploy_one(client, function, &zip).await?;
+        if let Some(config) = &function.event_invoke {
+            let body = serde_json::json!({
+                "MaximumRetryAttempts": config.maximum_retry_attempts,
+                "MaximumEventAgeInSeconds": config.maximum_event_age_secs,
+                "DestinationConfig": {
+                    "OnSuccess": config.on_success.as_ref().map(|d| serde_json::json!({"Destination": d})).unwrap_or_default(),
+                    "OnFailure": config.on_failure.as_ref().map(|d| serde_json::json!({"Destination": d})).unwrap_or_default(),
+                },
+            });
+            client
+                .manage(
+                    reqwest::Method::PUT,
+                    &format!(
+                        "/2019-09-25/functions/{}/event-invoke-config",
+                        function.name
+                    ),
+                    Some(body),
+                    &format!("setting the event invoke config of {}", function.name),
+                )
+                .await?;
+        }
         done.push(Deployed {
             name: function.name.to_string(),
             action,

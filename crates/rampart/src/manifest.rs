@@ -61,6 +61,22 @@ struct FunctionEntry {
     build: Option<Vec<String>>,
     #[serde(default)]
     bootstrap: Option<PathBuf>,
+    #[serde(default)]
+    event_invoke: Option<EventInvokeEntry>,
+}
+
+/// `[function.event_invoke]`: retries, event age and destinations of asynchronous invocations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventInvokeEntry {
+    #[serde(default)]
+    maximum_retry_attempts: Option<u32>,
+    #[serde(default)]
+    maximum_event_age: Option<String>,
+    #[serde(default)]
+    on_success: Option<String>,
+    #[serde(default)]
+    on_failure: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +120,8 @@ pub struct ProjectFunction {
     pub build: Option<Vec<String>>,
     /// A file packaged as the executable `bootstrap`.
     pub bootstrap: Option<PathBuf>,
+    /// Its asynchronous-invocation settings, when declared.
+    pub event_invoke: Option<rampart_model::EventInvokeConfig>,
 }
 
 /// The project of a directory.
@@ -256,7 +274,26 @@ impl FunctionEntry {
         {
             return Err(("build", "must name a program".into()));
         }
+        let event_invoke = match self.event_invoke {
+            None => None,
+            Some(e) => {
+                let mut c = rampart_model::EventInvokeConfig::default();
+                if let Some(r) = e.maximum_retry_attempts {
+                    c.maximum_retry_attempts = r;
+                }
+                if let Some(age) = e.maximum_event_age {
+                    c.maximum_event_age_secs = parse_duration(&age)
+                        .map_err(|m| ("event_invoke.maximum_event_age", m))?
+                        .as_secs();
+                }
+                c.on_success = e.on_success;
+                c.on_failure = e.on_failure;
+                c.validate().map_err(|v| ("event_invoke", v.message))?;
+                Some(c)
+            }
+        };
         Ok(ProjectFunction {
+            event_invoke,
             name,
             config,
             code_dir,
@@ -323,6 +360,24 @@ GREETING = "hi"
         assert_eq!(f.config.max_concurrency, Some(4));
         assert_eq!(f.config.environment["GREETING"], "hi");
         assert_eq!(f.config.memory_mb, 128);
+    }
+
+    #[test]
+    fn event_invoke_settings_are_read_and_checked() {
+        let with = format!(
+            "{GOOD}\n[function.event_invoke]\nmaximum_retry_attempts = 0\nmaximum_event_age = \"2m\"\n"
+        );
+        let m = parse(&with).unwrap();
+        let c = m.functions[0].event_invoke.as_ref().unwrap();
+        assert_eq!(
+            (c.maximum_retry_attempts, c.maximum_event_age_secs),
+            (0, 120)
+        );
+        let err = format!("{:#}", parse(&with.replace("= 0", "= 5")).unwrap_err());
+        assert!(
+            err.contains("'counter'") && err.contains("event_invoke"),
+            "{err}"
+        );
     }
 
     #[test]

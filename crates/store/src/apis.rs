@@ -63,6 +63,7 @@ mod tests {
                 function: "f".into(),
                 payload_format: Some(PayloadFormat::Body),
                 api_key_required: true,
+                asynchronous: false,
             }],
         };
         store.put_api(api.clone(), 1).await.unwrap();

@@ -628,3 +628,70 @@ async fn events_too_old_go_to_the_dead_letters() {
     let (_, stats) = server.get_json("/rampart/v1/functions/rec/stats").await;
     assert_eq!(stats["async"]["expired"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_routes_and_manifest_settings() {
+    let server = Server::start();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir(project.path().join("code")).unwrap();
+    std::fs::write(project.path().join("code/app.py"), RECORDER).unwrap();
+    std::fs::write(
+        project.path().join("rampart.toml"),
+        r#"
+[[function]]
+name = "rec"
+runtime = "python3.12"
+handler = "app.handler"
+code = "code"
+[function.event_invoke]
+maximum_retry_attempts = 1
+maximum_event_age = "10m"
+
+[[api]]
+name = "jobs"
+[[api.route]]
+route = "POST /jobs"
+function = "rec"
+asynchronous = true
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "deploy",
+            project.path().to_str().unwrap(),
+            "--endpoint",
+            &server.endpoint,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, config) = server
+        .get_json("/2019-09-25/functions/rec/event-invoke-config")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(config["MaximumRetryAttempts"], 1);
+    assert_eq!(config["MaximumEventAgeInSeconds"], 600);
+    // The route answers 202 with the request id at once; the event is delivered later.
+    let r = server
+        .http
+        .post(format!("{}/jobs", server.http_endpoint))
+        .body(r#"{"job": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let id = body["requestId"].as_str().unwrap().to_owned();
+    server
+        .eventually(
+            "the route's event delivered",
+            Duration::from_secs(10),
+            || async { delivered(&server).iter().any(|(d, _)| *d == id) },
+        )
+        .await;
+}
