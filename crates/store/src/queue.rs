@@ -38,11 +38,17 @@ pub struct NewEvent {
 }
 
 fn insert_event(conn: &rusqlite::Connection, e: &NewEvent) -> rusqlite::Result<usize> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![e.id, e.function, e.qualifier, e.payload, e.enqueued_ms],
-    )
+    )?
+    .execute(params![
+        e.id,
+        e.function,
+        e.qualifier,
+        e.payload,
+        e.enqueued_ms
+    ])
 }
 
 /// A dead-lettered event.

@@ -141,14 +141,13 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT job")?;
+    // Cached statements: a batch runs these for every job, so parsing them each time shows.
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(end)?;
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE job")?.execute([])?;
     result
 }
 
@@ -164,13 +163,18 @@ fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         let replies: Vec<Reply>;
-        let committed = match conn.execute_batch("BEGIN IMMEDIATE") {
+        let begun = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]).map(|_| ()));
+        let committed = match begun {
             Ok(()) => {
                 replies = batch.into_iter().map(|job| job(&conn)).collect();
-                conn.execute_batch("COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    Arc::new(e)
-                })
+                conn.prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]).map(|_| ()))
+                    .map_err(|e| {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        Arc::new(e)
+                    })
             }
             Err(e) => {
                 tracing::error!(error = %e, "store writer could not begin a transaction");
