@@ -45,6 +45,24 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+impl ApiFailure {
+    /// The failure an error answer describes (Lambda spells the message `message` or `Message`).
+    fn from_body(status: u16, code: String, body: &[u8]) -> Self {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let message = v
+            .get("message")
+            .or_else(|| v.get("Message"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
 fn escape(name: &str) -> String {
     name.replace('%', "%25")
         .replace(':', "%3A")
@@ -289,17 +307,8 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("UnknownError")
                 .to_owned();
-            let v: Value = response.json().await.unwrap_or(Value::Null);
-            let message = v
-                .get("message")
-                .or_else(|| v.get("Message"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            bail!(ApiFailure {
-                status,
-                code,
-                message: message.to_owned()
-            });
+            let body = response.bytes().await.unwrap_or_default();
+            bail!(ApiFailure::from_body(status, code, &body));
         }
         Ok(id)
     }
@@ -351,17 +360,7 @@ impl Client {
             .context("reading the invocation result")?
             .to_vec();
         if let Some(code) = code {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let message = v
-                .get("message")
-                .or_else(|| v.get("Message"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            bail!(ApiFailure {
-                status,
-                code,
-                message: message.to_owned()
-            });
+            bail!(ApiFailure::from_body(status, code, &body));
         }
         Ok(Invocation {
             function_error,

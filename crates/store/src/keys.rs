@@ -32,6 +32,18 @@ pub enum Quota {
     Exceeded,
 }
 
+/// Requests of `key` counted in `period` (0 when none).
+fn count_of(conn: &rusqlite::Connection, key: &str, period: &str) -> rusqlite::Result<u64> {
+    Ok(conn
+        .query_row(
+            "SELECT count FROM key_usage WHERE key = ?1 AND period = ?2",
+            params![key, period],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
 impl Store {
     /// Creates or replaces a usage plan.
     pub async fn put_plan(&self, name: String, plan: UsagePlan) -> Result<()> {
@@ -138,17 +150,7 @@ impl Store {
         month_limit: Option<u64>,
     ) -> Result<Quota> {
         self.write(move |conn| {
-            let current = |period: &str| -> rusqlite::Result<u64> {
-                Ok(conn
-                    .query_row(
-                        "SELECT count FROM key_usage WHERE key = ?1 AND period = ?2",
-                        params![key, period],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .optional()?
-                    .unwrap_or(0) as u64)
-            };
-            let (d, m) = (current(&day)?, current(&month)?);
+            let (d, m) = (count_of(conn, &key, &day)?, count_of(conn, &key, &month)?);
             if day_limit.is_some_and(|l| d >= l) || month_limit.is_some_and(|l| m >= l) {
                 return Ok(Quota::Exceeded);
             }
@@ -170,20 +172,8 @@ impl Store {
     /// Counts of `key` in two periods.
     pub async fn usage(&self, key: &str, day: &str, month: &str) -> Result<(u64, u64)> {
         let (key, day, month) = (key.to_owned(), day.to_owned(), month.to_owned());
-        self.read(move |conn| {
-            let get = |period: &str| -> rusqlite::Result<u64> {
-                Ok(conn
-                    .query_row(
-                        "SELECT count FROM key_usage WHERE key = ?1 AND period = ?2",
-                        params![key, period],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .optional()?
-                    .unwrap_or(0) as u64)
-            };
-            Ok((get(&day)?, get(&month)?))
-        })
-        .await
+        self.read(move |conn| Ok((count_of(conn, &key, &day)?, count_of(conn, &key, &month)?)))
+            .await
     }
 }
 

@@ -51,6 +51,21 @@ fn insert_event(conn: &rusqlite::Connection, e: &NewEvent) -> rusqlite::Result<u
     ])
 }
 
+const SELECT_DEAD: &str = "SELECT id, function, payload, enqueued_ms, failed_ms, attempts, reason, last_error FROM dead_letters";
+
+fn dead_letter_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        function: r.get(1)?,
+        payload: r.get(2)?,
+        enqueued_ms: r.get(3)?,
+        failed_ms: r.get(4)?,
+        attempts: r.get::<_, i64>(5)? as u32,
+        reason: r.get(6)?,
+        last_error: r.get(7)?,
+    })
+}
+
 /// A dead-lettered event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -214,22 +229,10 @@ impl Store {
     pub async fn dead_letters(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let function = function.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, function, payload, enqueued_ms, failed_ms, attempts, reason, last_error
-                 FROM dead_letters WHERE function = ?1 ORDER BY failed_ms DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![function, limit as i64], |r| {
-                Ok(DeadLetter {
-                    id: r.get(0)?,
-                    function: r.get(1)?,
-                    payload: r.get(2)?,
-                    enqueued_ms: r.get(3)?,
-                    failed_ms: r.get(4)?,
-                    attempts: r.get::<_, i64>(5)? as u32,
-                    reason: r.get(6)?,
-                    last_error: r.get(7)?,
-                })
-            })?;
+            let mut stmt = conn.prepare(&format!(
+                "{SELECT_DEAD} WHERE function = ?1 ORDER BY failed_ms DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![function, limit as i64], dead_letter_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -350,21 +353,9 @@ impl Store {
         self.read(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT id, function, payload, enqueued_ms, failed_ms, attempts, reason, last_error
-                     FROM dead_letters WHERE id = ?1",
+                    &format!("{SELECT_DEAD} WHERE id = ?1"),
                     [&id],
-                    |r| {
-                        Ok(DeadLetter {
-                            id: r.get(0)?,
-                            function: r.get(1)?,
-                            payload: r.get(2)?,
-                            enqueued_ms: r.get(3)?,
-                            failed_ms: r.get(4)?,
-                            attempts: r.get::<_, i64>(5)? as u32,
-                            reason: r.get(6)?,
-                            last_error: r.get(7)?,
-                        })
-                    },
+                    dead_letter_from_row,
                 )
                 .optional()?)
         })
