@@ -3,10 +3,11 @@
 //! jitter) or dead-letters them. An event is never dropped: it is delivered, or it is in the
 //! dead-letter table with its reason (`shared/spec/async-invocation.md`).
 //!
-//! Concurrency policy: at most `concurrency` deliveries run at once over all functions, and
-//! each delivery takes the function's concurrency like a synchronous call but never waits for
-//! it: a throttled delivery goes back to the queue (without using up an attempt) instead of
-//! holding a place a synchronous caller could take.
+//! Concurrency policy (so asynchronous work never starves synchronous callers): at most
+//! `concurrency` deliveries run at once over all functions; a delivery takes one of the
+//! function's concurrency permits like a synchronous call, but never waits for one, and the
+//! deliveries of one function hold at most half its concurrency (at least one) at a time. A
+//! delivery refused by that policy goes back to the queue without using up an attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,7 +231,7 @@ impl Gateway {
             client_context: None,
             tail: false,
         };
-        let result = self.dispatcher.invoke(spec, request).await;
+        let result = self.dispatcher.invoke_background(spec, request).await;
         let result_kind = result.as_ref().ok().map(|o| !o.function_error);
         let id = event.id.clone();
         let age = now_ms() - event.enqueued_ms;

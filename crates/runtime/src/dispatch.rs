@@ -2,7 +2,7 @@
 //! used first), cold starts, and turning every way an invocation can end into an outcome.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ type PoolKey = (Arc<str>, u64);
 struct FunctionPools {
     /// Reserved concurrency in force (the newest version's setting; see `set_concurrency`).
     limit: Mutex<u32>,
+    /// Background (asynchronous) invocations holding permits now.
+    background: AtomicU32,
     permits: Arc<Semaphore>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
@@ -503,7 +505,28 @@ impl Dispatcher {
         }
         self.inner
             .invocations
-            .track_future(self.invoke_admitted(spec, request))
+            .track_future(self.invoke_admitted(spec, request, false))
+            .await
+    }
+
+    /// Runs a background (asynchronous) invocation under the policy that keeps synchronous
+    /// callers from starving: it never waits for a permit, and background invocations of a
+    /// function hold at most half its concurrency (at least one) at a time. Otherwise it is
+    /// [`InvokeError::Throttled`] at once and the caller requeues it.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::invoke`].
+    pub async fn invoke_background(
+        &self,
+        spec: Arc<FunctionSpec>,
+        request: InvokeRequest,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        if self.inner.draining.load(Ordering::Acquire) {
+            return Err(InvokeError::ShuttingDown);
+        }
+        self.inner
+            .invocations
+            .track_future(self.invoke_admitted(spec, request, true))
             .await
     }
 
@@ -524,14 +547,21 @@ impl Dispatcher {
         &self,
         spec: Arc<FunctionSpec>,
         request: InvokeRequest,
+        background: bool,
     ) -> Result<InvokeOutcome, InvokeError> {
         let fp = self.function_pools(&spec);
-        let permit = self.admit(&fp).await?;
+        let (permit, background_slot) = if background {
+            let (permit, slot) = admit_background(&fp)?;
+            (permit, Some(slot))
+        } else {
+            (self.admit(&fp).await?, None)
+        };
         let pool = self.pool(&fp, &spec);
         let pending = PendingInvocation {
             pool: pool.clone(),
             request,
             _permit: permit,
+            _background: background_slot,
         };
         if let Some(last_error) = pool.backing_off() {
             return Ok(pending.failed_fast(last_error));
@@ -623,6 +653,7 @@ impl Dispatcher {
 fn new_function_pools(limit: u32) -> Arc<FunctionPools> {
     Arc::new(FunctionPools {
         limit: Mutex::new(limit),
+        background: AtomicU32::new(0),
         permits: Arc::new(Semaphore::new(limit as usize)),
         pools: Mutex::default(),
     })
@@ -658,6 +689,38 @@ struct PendingInvocation {
     pool: Arc<Pool>,
     request: InvokeRequest,
     _permit: OwnedSemaphorePermit,
+    _background: Option<BackgroundSlot>,
+}
+
+/// A background invocation's place in its function's background share, given back on drop.
+struct BackgroundSlot(Arc<FunctionPools>);
+
+impl Drop for BackgroundSlot {
+    fn drop(&mut self) {
+        self.0.background.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Admission of a background invocation: no waiting, at most half the function's permits.
+fn admit_background(
+    fp: &Arc<FunctionPools>,
+) -> Result<(OwnedSemaphorePermit, BackgroundSlot), InvokeError> {
+    let throttled = || InvokeError::Throttled {
+        retry_after: Duration::from_millis(100),
+    };
+    let limit = *fp.limit.lock().expect("limit lock");
+    let share = limit.div_ceil(2).max(1);
+    if fp.background.fetch_add(1, Ordering::AcqRel) >= share {
+        fp.background.fetch_sub(1, Ordering::AcqRel);
+        return Err(throttled());
+    }
+    let slot = BackgroundSlot(fp.clone());
+    let permit = fp
+        .permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| throttled())?;
+    Ok((permit, slot))
 }
 
 /// Lambda's error object.

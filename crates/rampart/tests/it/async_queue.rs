@@ -695,3 +695,44 @@ asynchronous = true
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_deliveries_leave_room_for_synchronous_callers() {
+    let server = Server::start();
+    server
+        .deploy(
+            "rec",
+            "python3.12",
+            "app.handler",
+            &[("app.py", RECORDER)],
+            json!({"ReservedConcurrentExecutions": 2, "Timeout": 10}),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            event(&server, "rec", r#"{"sleep": 1}"#)
+                .await
+                .header("x-amzn-requestid")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Background deliveries hold at most half of the two slots: a synchronous call still fits.
+    let (_, stats) = server.get_json("/rampart/v1/functions/rec/stats").await;
+    assert!(stats["busy"].as_u64().unwrap() <= 1, "{stats}");
+    let r = server.invoke("rec", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    server
+        .eventually(
+            "every queued event delivered",
+            Duration::from_secs(20),
+            || async {
+                let done: HashSet<String> =
+                    delivered(&server).into_iter().map(|(d, _)| d).collect();
+                ids.iter().all(|id| done.contains(id))
+            },
+        )
+        .await;
+}
