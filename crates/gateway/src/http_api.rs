@@ -744,6 +744,20 @@ fn status_of(object: &Map<String, Value>) -> Result<StatusCode, String> {
     }
 }
 
+/// The status, single-value headers and body of a structured proxy response (both formats).
+fn structured_response(object: &Map<String, Value>) -> Result<Response, String> {
+    let mut response = Response::new(Body::from(body_bytes(object)?));
+    *response.status_mut() = status_of(object)?;
+    if let Some(h) = object.get("headers").filter(|h| !h.is_null()) {
+        for (name, value) in h.as_object().ok_or("headers must be an object")? {
+            let text =
+                header_text(value).ok_or_else(|| format!("header '{name}' must be a string"))?;
+            put_header(response.headers_mut(), name, &text, false)?;
+        }
+    }
+    Ok(response)
+}
+
 /// Payload format 1.0 responses: validated strictly (only the five keys).
 fn response_v1(result: &[u8]) -> Result<Response, String> {
     let value: Value = serde_json::from_slice(result).map_err(|e| format!("not JSON: {e}"))?;
@@ -756,16 +770,8 @@ fn response_v1(result: &[u8]) -> Result<Response, String> {
     }) {
         return Err(format!("unexpected key '{extra}'"));
     }
-    let mut response = Response::new(Body::from(body_bytes(object)?));
-    *response.status_mut() = status_of(object)?;
+    let mut response = structured_response(object)?;
     let headers = response.headers_mut();
-    if let Some(h) = object.get("headers").filter(|h| !h.is_null()) {
-        for (name, value) in h.as_object().ok_or("headers must be an object")? {
-            let text =
-                header_text(value).ok_or_else(|| format!("header '{name}' must be a string"))?;
-            put_header(headers, name, &text, false)?;
-        }
-    }
     if let Some(h) = object.get("multiValueHeaders").filter(|h| !h.is_null()) {
         for (name, values) in h.as_object().ok_or("multiValueHeaders must be an object")? {
             let values = values
@@ -795,16 +801,8 @@ fn response_v2(result: &[u8]) -> Result<Response, String> {
             .insert("content-type", HeaderValue::from_static("application/json"));
         return Ok(response);
     };
-    let mut response = Response::new(Body::from(body_bytes(object)?));
-    *response.status_mut() = status_of(object)?;
+    let mut response = structured_response(object)?;
     let headers = response.headers_mut();
-    if let Some(h) = object.get("headers").filter(|h| !h.is_null()) {
-        for (name, value) in h.as_object().ok_or("headers must be an object")? {
-            let text =
-                header_text(value).ok_or_else(|| format!("header '{name}' must be a string"))?;
-            put_header(headers, name, &text, false)?;
-        }
-    }
     if let Some(c) = object.get("cookies").filter(|c| !c.is_null()) {
         for cookie in c.as_array().ok_or("cookies must be a list")? {
             let text = cookie.as_str().ok_or("cookies must hold strings")?;

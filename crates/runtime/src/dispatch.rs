@@ -500,13 +500,7 @@ impl Dispatcher {
         spec: Arc<FunctionSpec>,
         request: InvokeRequest,
     ) -> Result<InvokeOutcome, InvokeError> {
-        if self.inner.draining.load(Ordering::Acquire) {
-            return Err(InvokeError::ShuttingDown);
-        }
-        self.inner
-            .invocations
-            .track_future(self.invoke_admitted(spec, request, false))
-            .await
+        self.tracked(spec, request, false).await
     }
 
     /// Runs a background (asynchronous) invocation under the policy that keeps synchronous
@@ -521,12 +515,22 @@ impl Dispatcher {
         spec: Arc<FunctionSpec>,
         request: InvokeRequest,
     ) -> Result<InvokeOutcome, InvokeError> {
+        self.tracked(spec, request, true).await
+    }
+
+    /// Refuses while draining; otherwise runs the invocation as one the drain waits for.
+    async fn tracked(
+        &self,
+        spec: Arc<FunctionSpec>,
+        request: InvokeRequest,
+        background: bool,
+    ) -> Result<InvokeOutcome, InvokeError> {
         if self.inner.draining.load(Ordering::Acquire) {
             return Err(InvokeError::ShuttingDown);
         }
         self.inner
             .invocations
-            .track_future(self.invoke_admitted(spec, request, true))
+            .track_future(self.invoke_admitted(spec, request, background))
             .await
     }
 
