@@ -310,28 +310,20 @@ impl Gateway {
         on_failure: Option<&str>,
     ) {
         let store = self.registry.store();
-        let forwarded = match on_failure {
-            Some(destination) => {
-                let record = self.record(event, condition, invoke_count, outcome);
-                self.forward(event, destination, record).await
+        let mut reason = condition.to_owned();
+        if let Some(destination) = on_failure {
+            let record = self.record(event, condition, invoke_count, outcome);
+            match self.forward(event, destination, record).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, event = %event.id, "on-failure destination refused a record");
+                    self.count(&event.function, |c| c.destination_failures += 1);
+                    reason.push_str("; the on-failure destination could not take it");
+                }
             }
-            None => Err(rampart_store::Error::Closed),
-        };
-        if on_failure.is_some() && forwarded.is_ok() {
-            return;
         }
-        self.count(&event.function, |c| {
-            c.dead_lettered += 1;
-            if on_failure.is_some() {
-                c.destination_failures += 1;
-            }
-        });
+        self.count(&event.function, |c| c.dead_lettered += 1);
         let error = outcome.map(|o| String::from_utf8_lossy(&o.body).into_owned());
-        let reason = if on_failure.is_some() {
-            format!("{condition}; the on-failure destination could not take it")
-        } else {
-            condition.to_owned()
-        };
         if let Err(e) = store
             .dead_letter(event.id.clone(), reason, error, invoke_count, now_ms())
             .await

@@ -67,12 +67,7 @@ pub(crate) async fn stats(
     let s = gateway.dispatcher.stats(&name);
     let (depth, oldest) = gateway.registry.store().queue_depth(&name).await?;
     let oldest_age_ms = oldest.map(|t| (jiff::Timestamp::now().as_millisecond() - t).max(0));
-    let dead = gateway
-        .registry
-        .store()
-        .dead_letters(&name, 10_000)
-        .await?
-        .len();
+    let dead = gateway.registry.store().dead_letter_count(&name).await?;
     Ok(Json(json!({
         "instances": s.instances, "idle": s.idle, "busy": s.busy, "concurrency_limit": s.limit,
         "queue_depth": depth, "oldest_event_age_ms": oldest_age_ms, "dead_letters": dead,

@@ -250,6 +250,19 @@ impl Store {
         .await
     }
 
+    /// How many dead letters a function has.
+    pub async fn dead_letter_count(&self, function: &str) -> Result<u64> {
+        let function = function.to_owned();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT count(*) FROM dead_letters WHERE function = ?1",
+                [&function],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
     /// Events waiting (or leased) for a function, and the oldest one's enqueue time.
     pub async fn queue_depth(&self, function: &str) -> Result<(u64, Option<i64>)> {
         let function = function.to_owned();

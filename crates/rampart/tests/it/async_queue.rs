@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Server, python};
+use crate::harness::{Server, python, rampart_cli};
 
 /// Appends `<request id> <epoch ms>` to `<data dir>/delivered`; fails when asked to.
 const RECORDER: &str = r#"
@@ -370,17 +370,9 @@ async fn dead_letters_can_be_inspected_replayed_and_purged() {
         })
         .await;
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
-            .args(args)
-            .env("RAMPART_ENDPOINT", &server.endpoint)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, out, err) = rampart_cli(&server.endpoint, args);
+        assert!(ok, "{err}");
+        out
     };
     let list = cli(&["dlq", "list", "flaky"]);
     assert!(

@@ -298,6 +298,20 @@ impl Invoked {
     }
 }
 
+/// Runs the `rampart` CLI against `endpoint`: (succeeded, stdout, stderr).
+pub fn rampart_cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env("RAMPART_ENDPOINT", endpoint)
+        .output()
+        .expect("running rampart");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A zip of inline files; a file named `bootstrap` is made executable.
 pub fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));

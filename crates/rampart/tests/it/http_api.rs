@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::harness::Server;
+use crate::harness::{Server, rampart_cli as cli};
 
 /// Returns its event as the body of a 200 response, so tests can read what the route sent.
 const ECHO_EVENT: &str = r#"
@@ -684,19 +684,6 @@ async fn cors_preflights_are_answered_by_the_gateway() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert!(r.headers().get("access-control-allow-origin").is_none());
-}
-
-fn cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(args)
-        .env("RAMPART_ENDPOINT", endpoint)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

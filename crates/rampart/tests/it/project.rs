@@ -3,20 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::harness::Server;
-
-fn rampart(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(args)
-        .env("RAMPART_ENDPOINT", endpoint)
-        .output()
-        .expect("running rampart");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::harness::{Server, rampart_cli as rampart};
 
 fn counter_dir() -> String {
     format!("{}/../../examples/counter", env!("CARGO_MANIFEST_DIR"))
