@@ -30,10 +30,10 @@ def wait_line(proc, needle, timeout=600):
     raise SystemExit(f"timed out waiting for {needle!r}")
 
 
-def wrk(url, clients, duration):
+def wrk(url, clients, duration, body=PAYLOAD):
     """Runs wrk with a POST body; returns (requests/s, p50 ms, p99 ms)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' % json.dumps(PAYLOAD))
+        script.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' % json.dumps(body))
     threads = min(clients, 2)
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{duration}s", "--latency", "-s", script.name, url],
@@ -70,7 +70,7 @@ def median_start(cmd, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run")
-    ap.add_argument("--cold-runs", type=int, default=10)
+    ap.add_argument("--cold-runs", type=int, default=10, help="0 skips the cold starts")
     args = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="rampart-bench-")
     server = subprocess.Popen(
@@ -88,17 +88,22 @@ def main():
         for clients in (1, 32):
             base = wrk(echo_url, clients, args.duration)
             rows.append(("baseline: loopback HTTP echo", clients, base, None))
+            invoke_rust = f"{endpoint}/2015-03-31/functions/echo-rust/invocations"
+            # The 2.0 event the route hands the function (the echo returns it): Invoke with it
+            # as the payload separates the gateway's own cost from the event's size.
+            route_event = post(f"{http_endpoint}/echo", PAYLOAD)[1].decode()
             targets = [
-                ("invoke echo-rust", f"{endpoint}/2015-03-31/functions/echo-rust/invocations"),
-                ("route POST /echo -> echo-rust", f"{http_endpoint}/echo"),
-                ("invoke echo-python", f"{endpoint}/2015-03-31/functions/echo-python/invocations"),
+                ("invoke echo-rust", invoke_rust, PAYLOAD),
+                ("route POST /echo -> echo-rust", f"{http_endpoint}/echo", PAYLOAD),
+                (f"invoke echo-rust, the route's {len(route_event)} B event as payload", invoke_rust, route_event),
+                ("invoke echo-python", f"{endpoint}/2015-03-31/functions/echo-python/invocations", PAYLOAD),
             ]
-            for name, url in targets:
+            for name, url, body in targets:
                 # Warm one instance per client, concurrently, so the run measures warm invokes.
                 with concurrent.futures.ThreadPoolExecutor(clients) as pool:
                     for _ in range(3):
-                        list(pool.map(lambda _: post(url, PAYLOAD), range(clients)))
-                rows.append((name, clients, wrk(url, clients, args.duration), base))
+                        list(pool.map(lambda _: post(url, body), range(clients)))
+                rows.append((name, clients, wrk(url, clients, args.duration, body), base))
 
         print(f"\n## Warm invocations ({args.duration} s per run, wrk, payload {len(PAYLOAD)} B)\n")
         print("| target | clients | req/s | p50 ms | p99 ms | req/s vs baseline | p50 vs baseline |")
@@ -107,6 +112,17 @@ def main():
             ratio = f"{rps / base[0]:.2f}x" if base else "1.00x"
             lat = f"{p50 / base[1]:.1f}x" if base else "1.0x"
             print(f"| {name} | {clients} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {ratio} | {lat} |")
+
+        print("\nRoute path cost (throughput lost, p50 added) against:")
+        for clients in (1, 32):
+            by_name = {name: r for name, c, r, _ in rows if c == clients}
+            route = by_name["route POST /echo -> echo-rust"]
+            for name, r in by_name.items():
+                if name.startswith("invoke echo-rust"):
+                    print(f"- {name}, {clients} clients: {1 - route[0] / r[0]:+.1%} throughput, "
+                          f"{route[1] / r[1] - 1:+.1%} p50")
+        if args.cold_runs == 0:
+            return
 
         # Cold starts: a new function each time, first invoke timed end to end and as reported.
         python = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],

@@ -11,13 +11,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rampart_model::{ACCOUNT_ID, CorsConfig, PayloadFormat, function_arn};
+use rampart_model::{CorsConfig, PayloadFormat, function_arn};
 use rampart_runtime::{InvokeError, InvokeRequest};
 use serde_json::{Map, Value, json};
 
 use crate::Gateway;
 use crate::keys::Refusal;
-use crate::routes::{Matched, decode};
+use crate::proxy_event::{HttpRequest, event_v1, event_v2};
+use crate::routes::Matched;
 
 /// API Gateway's request body limit.
 const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -260,17 +261,18 @@ async fn route_request(
             )
         });
     let request = HttpRequest {
-        trace_id: trace_id.clone(),
+        trace_id: &trace_id,
         method: parts.method.as_str(),
         raw_path,
         raw_query: parts.uri.query().unwrap_or(""),
         headers: &parts.headers,
         body: &body,
         source_ip: peer.ip().to_string(),
+        request_id: &request_id,
     };
     let event = match format {
-        PayloadFormat::V2 => event_v2(matched, &request, &request_id),
-        PayloadFormat::V1 => event_v1(matched, &request, &request_id),
+        PayloadFormat::V2 => event_v2(matched, &request),
+        PayloadFormat::V1 => event_v1(matched, &request),
         PayloadFormat::Body => {
             if body.is_empty() {
                 Bytes::from_static(b"{}")
@@ -309,7 +311,7 @@ async fn route_request(
     // The invocation runs on even when the gateway stops waiting, as on AWS.
     let running = gateway
         .dispatcher
-        .spawn_invoke(deployed.spec.clone(), invoke);
+        .invoke_detachable(deployed.spec.clone(), invoke);
     let outcome = match tokio::time::timeout(integration_timeout, running).await {
         Err(_) => {
             return match format {
@@ -319,21 +321,20 @@ async fn route_request(
                 _ => gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
             };
         }
-        Ok(Err(_)) => return function_failed(format),
-        Ok(Ok(Err(InvokeError::Throttled { .. }))) => {
+        Ok(Err(InvokeError::Throttled { .. })) => {
             return gateway_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
         }
-        Ok(Ok(Err(InvokeError::ShuttingDown))) => {
+        Ok(Err(InvokeError::ShuttingDown)) => {
             return gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
         }
-        Ok(Ok(Ok(outcome))) => outcome,
+        Ok(Ok(outcome)) => outcome,
     };
     if outcome.function_error {
         return function_failed(format);
     }
     let mapped = match format {
         PayloadFormat::V1 => response_v1(&outcome.body),
-        PayloadFormat::V2 | PayloadFormat::Body => response_v2(&outcome.body),
+        PayloadFormat::V2 | PayloadFormat::Body => response_v2(outcome.body),
     };
     let mut response = mapped.unwrap_or_else(|why| {
         tracing::info!(%function, %why, "malformed Lambda proxy response");
@@ -396,295 +397,6 @@ fn function_failed(format: PayloadFormat) -> Response {
         PayloadFormat::V1 => gateway_error(StatusCode::BAD_GATEWAY, "Internal server error"),
         _ => gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
     }
-}
-
-struct HttpRequest<'a> {
-    /// The X-Ray trace header of this request (`Root=1-...`).
-    trace_id: String,
-    method: &'a str,
-    raw_path: &'a str,
-    raw_query: &'a str,
-    headers: &'a HeaderMap,
-    body: &'a Bytes,
-    source_ip: String,
-}
-
-impl HttpRequest<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Every value of every header, by name, in arrival order, with the headers API Gateway
-    /// adds (`X-Forwarded-For/-Port/-Proto`, `X-Amzn-Trace-Id`).
-    fn header_values(&self) -> Vec<(String, Vec<String>)> {
-        let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for (name, value) in self.headers {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            match out.iter_mut().find(|(n, _)| n == name.as_str()) {
-                Some((_, values)) => values.push(value),
-                None => out.push((name.as_str().to_owned(), vec![value])),
-            }
-        }
-        let mut set = |name: &str, value: String| match out.iter_mut().find(|(n, _)| n == name) {
-            Some((_, values)) => *values = vec![value],
-            None => out.push((name.to_owned(), vec![value])),
-        };
-        let forwarded_for = match self.header("x-forwarded-for") {
-            Some(chain) => format!("{chain}, {}", self.source_ip),
-            None => self.source_ip.clone(),
-        };
-        set("x-forwarded-for", forwarded_for);
-        let port = self
-            .header("host")
-            .and_then(|h| h.rsplit_once(':'))
-            .map_or("80", |(_, p)| p)
-            .to_owned();
-        set("x-forwarded-port", port);
-        set("x-forwarded-proto", "http".to_owned());
-        if self.header("x-amzn-trace-id").is_none() {
-            set("x-amzn-trace-id", self.trace_id.clone());
-        }
-        out
-    }
-
-    /// Decoded query parameters, by name, in order.
-    fn query_values(&self) -> Vec<(String, Vec<String>)> {
-        let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for (k, v) in form_urlencoded::parse(self.raw_query.as_bytes()) {
-            match out.iter_mut().find(|(n, _)| *n == k) {
-                Some((_, values)) => values.push(v.into_owned()),
-                None => out.push((k.into_owned(), vec![v.into_owned()])),
-            }
-        }
-        out
-    }
-
-    /// The body as the event carries it: text when it is text, else base64.
-    fn body_field(&self) -> (Option<String>, bool) {
-        if self.body.is_empty() {
-            return (None, false);
-        }
-        let textual = self.header("content-type").is_none_or(is_text_type);
-        match std::str::from_utf8(self.body) {
-            Ok(text) if textual => (Some(text.to_owned()), false),
-            _ => (Some(BASE64.encode(self.body)), true),
-        }
-    }
-
-    fn domain(&self) -> (String, String) {
-        let host = self.header("host").unwrap_or("localhost").to_owned();
-        let prefix = host.split(['.', ':']).next().unwrap_or_default().to_owned();
-        (host, prefix)
-    }
-}
-
-fn is_text_type(content_type: &str) -> bool {
-    let t = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    t.starts_with("text/")
-        || t.ends_with("/json")
-        || t.ends_with("+json")
-        || t.ends_with("/xml")
-        || t.ends_with("+xml")
-        || t == "application/javascript"
-        || t == "application/x-www-form-urlencoded"
-}
-
-/// `dd/MMM/yyyy:HH:mm:ss +0000` and epoch milliseconds.
-fn request_time() -> (String, i64) {
-    let now = jiff::Timestamp::now();
-    (
-        now.strftime("%d/%b/%Y:%H:%M:%S +0000").to_string(),
-        now.as_millisecond(),
-    )
-}
-
-fn params_object(params: &[(String, String)]) -> Map<String, Value> {
-    params
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect()
-}
-
-/// Payload format 2.0 (HTTP API).
-fn event_v2(matched: &Matched<'_>, request: &HttpRequest<'_>, request_id: &str) -> Bytes {
-    let route = matched.route;
-    let route_key = match route.template.as_str() {
-        "$default" => "$default".to_owned(),
-        _ => route.spec.route.clone(),
-    };
-    let (time, epoch) = request_time();
-    let (domain, prefix) = request.domain();
-    let mut headers = Map::new();
-    let mut cookies: Vec<Value> = Vec::new();
-    for (name, values) in request.header_values() {
-        if name == "cookie" {
-            for v in &values {
-                cookies.extend(
-                    v.split(';')
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(|c| Value::String(c.to_owned())),
-                );
-            }
-            continue;
-        }
-        headers.insert(name, Value::String(values.join(",")));
-    }
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": route_key,
-        "rawPath": request.raw_path,
-        "rawQueryString": request.raw_query,
-        "headers": headers,
-        "requestContext": {
-            "accountId": ACCOUNT_ID,
-            "apiId": route.api.name,
-            "domainName": domain,
-            "domainPrefix": prefix,
-            "http": {
-                "method": request.method,
-                "path": decode(request.raw_path),
-                "protocol": "HTTP/1.1",
-                "sourceIp": request.source_ip,
-                "userAgent": request.header("user-agent").unwrap_or_default(),
-            },
-            "requestId": request_id,
-            "routeKey": route_key,
-            "stage": route.api.stage,
-            "time": time,
-            "timeEpoch": epoch,
-        },
-        "isBase64Encoded": false,
-    });
-    if !cookies.is_empty() {
-        event["cookies"] = Value::Array(cookies);
-    }
-    let query = request.query_values();
-    if !query.is_empty() {
-        event["queryStringParameters"] = query
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v.join(","))))
-            .collect::<Map<_, _>>()
-            .into();
-    }
-    if !matched.params.is_empty() {
-        event["pathParameters"] = params_object(&matched.params).into();
-    }
-    if !route.api.stage_variables.is_empty() {
-        event["stageVariables"] = json!(route.api.stage_variables);
-    }
-    let (body, base64) = request.body_field();
-    if let Some(body) = body {
-        event["body"] = body.into();
-        event["isBase64Encoded"] = base64.into();
-    }
-    Bytes::from(event.to_string())
-}
-
-/// Payload format 1.0 (REST API proxy).
-fn event_v1(matched: &Matched<'_>, request: &HttpRequest<'_>, request_id: &str) -> Bytes {
-    let route = matched.route;
-    let resource = match route.template.as_str() {
-        "$default" => "/{proxy+}".to_owned(),
-        t => t.to_owned(),
-    };
-    let (time, epoch) = request_time();
-    let (domain, prefix) = request.domain();
-    let header_values = request.header_values();
-    let headers: Map<_, _> = header_values
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Value::String(v.last().cloned().unwrap_or_default()),
-            )
-        })
-        .collect();
-    let multi_headers: Map<_, _> = header_values
-        .into_iter()
-        .map(|(k, v)| (k, json!(v)))
-        .collect();
-    let query = request.query_values();
-    let (single_query, multi_query) = if query.is_empty() {
-        (Value::Null, Value::Null)
-    } else {
-        (
-            query
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        Value::String(v.last().cloned().unwrap_or_default()),
-                    )
-                })
-                .collect::<Map<_, _>>()
-                .into(),
-            query
-                .into_iter()
-                .map(|(k, v)| (k, json!(v)))
-                .collect::<Map<_, _>>()
-                .into(),
-        )
-    };
-    let path_params = if matched.params.is_empty() {
-        Value::Null
-    } else {
-        params_object(&matched.params).into()
-    };
-    let (body, base64) = request.body_field();
-    let stage = match route.api.stage.as_str() {
-        "$default" => "$default".to_owned(),
-        s => s.to_owned(),
-    };
-    let event = json!({
-        "resource": resource,
-        "path": decode(&matched.path),
-        "httpMethod": request.method,
-        "headers": headers,
-        "multiValueHeaders": multi_headers,
-        "queryStringParameters": single_query,
-        "multiValueQueryStringParameters": multi_query,
-        "pathParameters": path_params,
-        "stageVariables": if route.api.stage_variables.is_empty() {
-            Value::Null
-        } else {
-            json!(route.api.stage_variables)
-        },
-        "requestContext": {
-            "accountId": ACCOUNT_ID,
-            "apiId": route.api.name,
-            "domainName": domain,
-            "domainPrefix": prefix,
-            "extendedRequestId": request_id,
-            "httpMethod": request.method,
-            "identity": {
-                "accessKey": null, "accountId": null, "apiKey": null, "apiKeyId": null,
-                "caller": null, "clientCert": null, "cognitoAuthenticationProvider": null,
-                "cognitoAuthenticationType": null, "cognitoIdentityId": null,
-                "cognitoIdentityPoolId": null, "principalOrgId": null,
-                "sourceIp": request.source_ip,
-                "user": null,
-                "userAgent": request.header("user-agent"),
-                "userArn": null,
-            },
-            "path": decode(request.raw_path),
-            "protocol": "HTTP/1.1",
-            "requestId": request_id,
-            "requestTime": time,
-            "requestTimeEpoch": epoch,
-            "resourceId": route.api.name,
-            "resourcePath": resource,
-            "stage": stage,
-        },
-        "body": body,
-        "isBase64Encoded": base64,
-    });
-    Bytes::from(event.to_string())
 }
 
 /// Header values API Gateway accepts: strings, numbers, booleans.
@@ -791,16 +503,19 @@ fn response_v1(result: &[u8]) -> Result<Response, String> {
 
 /// Payload format 2.0 responses: a structured object when it has `statusCode`, else inferred
 /// (200, the JSON text as the body).
-fn response_v2(result: &[u8]) -> Result<Response, String> {
-    let value: Value = serde_json::from_slice(result).map_err(|e| format!("not JSON: {e}"))?;
-    let structured = value.as_object().filter(|o| o.contains_key("statusCode"));
-    let Some(object) = structured else {
-        let mut response = Response::new(Body::from(Bytes::copy_from_slice(result)));
+fn response_v2(result: Bytes) -> Result<Response, String> {
+    let inferred = |result: Bytes| {
+        let mut response = Response::new(Body::from(result));
         response
             .headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
-        return Ok(response);
+        Ok(response)
     };
+    if !has_status_code(&result)? {
+        return inferred(result);
+    }
+    let value: Value = serde_json::from_slice(&result).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value.as_object().ok_or("not a JSON object")?;
     let mut response = structured_response(object)?;
     let headers = response.headers_mut();
     if let Some(c) = object.get("cookies").filter(|c| !c.is_null()) {
@@ -810,4 +525,88 @@ fn response_v2(result: &[u8]) -> Result<Response, String> {
         }
     }
     Ok(response)
+}
+
+/// Whether a result is a JSON object with a `statusCode` key, found without building the
+/// object: an inferred 2.0 response is passed on as it came.
+fn has_status_code(result: &[u8]) -> Result<bool, String> {
+    struct Probe(bool);
+    impl<'de> serde::Deserialize<'de> for Probe {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ProbeVisitor)
+        }
+    }
+    struct ProbeVisitor;
+    impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
+        type Value = Probe;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+            let mut found = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                found |= key == "statusCode";
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(Probe(found))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Probe, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(Probe(false))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Probe, E> {
+            Ok(Probe(false))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Probe, E> {
+            Ok(Probe(false))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Probe, E> {
+            Ok(Probe(false))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Probe, E> {
+            Ok(Probe(false))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Probe, E> {
+            Ok(Probe(false))
+        }
+        fn visit_unit<E>(self) -> Result<Probe, E> {
+            Ok(Probe(false))
+        }
+    }
+    serde_json::from_slice::<Probe>(result)
+        .map(|p| p.0)
+        .map_err(|e| format!("not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_code_probe_tells_structured_from_inferred_results() {
+        assert_eq!(
+            has_status_code(br#"{"statusCode":201,"body":"x"}"#),
+            Ok(true)
+        );
+        assert_eq!(has_status_code(br#"{"a":{"statusCode":1}}"#), Ok(false));
+        assert_eq!(has_status_code(br#"{"statusCode":null}"#), Ok(true));
+        assert_eq!(has_status_code(br#""text""#), Ok(false));
+        assert_eq!(has_status_code(b"[1,2]"), Ok(false));
+        assert_eq!(has_status_code(b"null"), Ok(false));
+        assert_eq!(has_status_code(b"[]"), Ok(false));
+        assert!(has_status_code(b"{").is_err());
+        assert!(has_status_code(b"not json").is_err());
+    }
+
+    #[test]
+    fn bare_lists_and_values_are_inferred() {
+        for body in [&b"[1,2]"[..], b"\"text\"", b"{\"a\":1}", b"42"] {
+            let response = response_v2(Bytes::copy_from_slice(body)).unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "application/json");
+        }
+        let response = response_v2(Bytes::from_static(b"{\"statusCode\":204}")).unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert!(response_v2(Bytes::from_static(b"{\"statusCode\":\"x\"}")).is_err());
+    }
 }

@@ -13,6 +13,7 @@ mod http_api;
 mod invoke;
 mod keys;
 mod manage;
+mod proxy_event;
 mod registry;
 mod routes;
 

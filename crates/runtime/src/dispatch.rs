@@ -2,8 +2,10 @@
 //! used first), cold starts, and turning every way an invocation can end into an outcome.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -534,17 +536,19 @@ impl Dispatcher {
             .await
     }
 
-    /// Runs an invocation in its own tracked task, so it goes on (and its instance stays
-    /// healthy) when the caller stops waiting, as an API Gateway integration timeout does.
-    pub fn spawn_invoke(
+    /// Runs an invocation on the caller's task; when the caller stops waiting (an API Gateway
+    /// integration timeout, a client gone) it moves to a tracked task of its own and runs to
+    /// its end, so its instance stays healthy, as on AWS.
+    pub fn invoke_detachable(
         &self,
         spec: Arc<FunctionSpec>,
         request: InvokeRequest,
-    ) -> tokio::task::JoinHandle<Result<InvokeOutcome, InvokeError>> {
+    ) -> Detachable<impl Future<Output = Result<InvokeOutcome, InvokeError>> + Send + 'static> {
         let this = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { this.invoke(spec, request).await })
+        Detachable {
+            running: Some(Box::pin(async move { this.invoke(spec, request).await })),
+            tasks: self.inner.tasks.clone(),
+        }
     }
 
     async fn invoke_admitted(
@@ -1028,4 +1032,43 @@ fn exit_error(id: &str, info: &ExitInfo) -> Bytes {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A future that, dropped before it finished, goes on in a tracked task of its own
+/// ([`Dispatcher::invoke_detachable`]).
+pub struct Detachable<F: Future + Send + 'static>
+where
+    F::Output: Send,
+{
+    running: Option<Pin<Box<F>>>,
+    tasks: TaskTracker,
+}
+
+impl<F: Future + Send + 'static> Future for Detachable<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let Some(running) = self.running.as_mut() else {
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(running.as_mut().poll(cx));
+        self.running = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            self.tasks.spawn(running);
+        }
+    }
 }

@@ -24,7 +24,7 @@ use rampart_model::FunctionConfig;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-pub use dispatch::{Dispatcher, PoolStats};
+pub use dispatch::{Detachable, Dispatcher, PoolStats};
 pub use launcher::Launcher;
 pub use sandbox::Sandbox;
 pub use spawn::{ExecRequest, STUB_ARG, run_stub};

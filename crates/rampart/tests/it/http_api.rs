@@ -24,6 +24,8 @@ def handler(event, context):
     ask = json.loads(body or "{}")
     if ask.get("sleep"):
         time.sleep(ask["sleep"])
+    if ask.get("print"):
+        print(ask["print"])
     if ask.get("raise"):
         raise RuntimeError("asked to fail")
     return ask["respond"]
@@ -166,8 +168,11 @@ async fn payload_format_1_event_has_every_field() {
     assert_eq!(e["resource"], "/items/{id}");
     assert_eq!(e["path"], "/items/7");
     assert_eq!(e["httpMethod"], "PUT");
-    assert_eq!(e["headers"]["x-multi"], "b", "the last value");
-    assert_eq!(e["multiValueHeaders"]["x-multi"], json!(["a", "b"]));
+    // Names as HTTP/1.1 clients spell them (hyper does not keep the wire casing).
+    assert_eq!(e["headers"]["X-Multi"], "b", "the last value");
+    assert_eq!(e["multiValueHeaders"]["X-Multi"], json!(["a", "b"]));
+    assert_eq!(e["headers"]["X-Forwarded-Proto"], "http");
+    assert!(e["headers"]["X-Amzn-Trace-Id"].is_string());
     assert_eq!(e["queryStringParameters"], json!({"a": "2"}));
     assert_eq!(
         e["multiValueQueryStringParameters"],
@@ -305,7 +310,12 @@ async fn responses_and_errors_map_as_api_gateway_does() {
     assert_eq!(r.text().await.unwrap(), "done");
     // Integration timeout: 503 for 2.0 (504 for 1.0); the gateway answers, the function runs on.
     let started = tokio::time::Instant::now();
-    let r = shaped(&server, "/v2", json!({"sleep": 2, "respond": 1})).await;
+    let r = shaped(
+        &server,
+        "/v2",
+        json!({"sleep": 2, "print": "ran-to-the-end", "respond": 1}),
+    )
+    .await;
     assert_eq!(r.status(), 503);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -322,6 +332,21 @@ async fn responses_and_errors_map_as_api_gateway_does() {
         r.json::<Value>().await.unwrap(),
         json!({"message": "Endpoint request timed out"})
     );
+    // The invocation the gateway stopped waiting for ran to its end.
+    server
+        .eventually(
+            "the timed-out invocation to finish",
+            Duration::from_secs(10),
+            || async {
+                let lines = server.log_lines("shaped").await;
+                lines.iter().any(|l| {
+                    l["line"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("ran-to-the-end"))
+                })
+            },
+        )
+        .await;
     // body mode: the JSON body is the event.
     let r = shaped(
         &server,
@@ -881,9 +906,13 @@ async fn event_snapshots() {
             }
         }
         for map in ["headers", "multiValueHeaders"] {
-            for header in ["host", "x-forwarded-port", "x-amzn-trace-id"] {
-                if v.get(map).and_then(|h| h.get(header)).is_some() {
-                    v[map][header] = json!(format!("[{header}]"));
+            let Some(headers) = v.get_mut(map).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (name, value) in headers.iter_mut() {
+                let lower = name.to_ascii_lowercase();
+                if ["host", "x-forwarded-port", "x-amzn-trace-id"].contains(&lower.as_str()) {
+                    *value = json!(format!("[{lower}]"));
                 }
             }
         }
