@@ -11,6 +11,7 @@ mod code;
 mod functions;
 mod keys;
 mod logs;
+mod metrics;
 mod queue;
 mod sqlite;
 
@@ -18,6 +19,7 @@ pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
 pub use keys::{ApiKey, Quota};
 pub use logs::{LogLine, LogQuery};
+pub use metrics::{MetricPoint, SeriesInfo, SeriesKey, StoredPoint};
 pub use queue::{DeadLetter, NewEvent, QueuedEvent};
 pub use sqlite::Store;
 

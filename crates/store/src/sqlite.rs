@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_async_queue.sql"),
     include_str!("migrations/0006_event_invoke_configs.sql"),
     include_str!("migrations/0007_idempotency.sql"),
+    include_str!("migrations/0008_metrics.sql"),
 ];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.

@@ -1,0 +1,141 @@
+//! Lambda's metric set (`AWS/Lambda`) and the ones Rampart adds, per function and version,
+//! under the dimension sets Lambda publishes (spec metrics-and-alarms.md §1).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rampart_store::SeriesKey;
+
+use crate::recorder::{Kind, Recorder, Series};
+
+/// The namespace of function metrics.
+pub const LAMBDA_NAMESPACE: &str = "AWS/Lambda";
+
+/// One metric under each dimension set it is published with.
+pub struct Meter(Vec<Arc<Series>>);
+
+impl Meter {
+    /// Adds `value` at epoch second `second` under every dimension set.
+    pub fn record(&self, second: i64, value: f64) {
+        for series in &self.0 {
+            series.record(second, value);
+        }
+    }
+}
+
+/// The metrics of one function version, created once and kept by the invoke path.
+pub struct FunctionMeters {
+    /// Handler runs (success or function error).
+    pub invocations: Meter,
+    /// Invocations ending in a function error (0 or 1 per invocation).
+    pub errors: Meter,
+    /// Requests refused for lack of concurrency.
+    pub throttles: Meter,
+    /// Handler time, milliseconds.
+    pub duration: Meter,
+    /// Busy instances when an invocation starts (also account-wide).
+    pub concurrent_executions: Meter,
+    /// Invocations that started an instance (Rampart).
+    pub cold_starts: Meter,
+    /// Init time of a cold start, milliseconds (Rampart).
+    pub init_duration: Meter,
+    /// Invocations that ran past their timeout (Rampart).
+    pub timeouts: Meter,
+    /// Async events accepted.
+    pub async_events_received: Meter,
+    /// Enqueue to delivery, milliseconds.
+    pub async_event_age: Meter,
+    /// Async events dropped without a destination run.
+    pub async_events_dropped: Meter,
+    /// Failures to deliver to the dead-letter store.
+    pub dead_letter_errors: Meter,
+    /// Failures to deliver to a destination.
+    pub destination_delivery_failures: Meter,
+}
+
+impl FunctionMeters {
+    fn new(recorder: &Recorder, function: &str, version: &str) -> Self {
+        let mut sets = vec![vec![("FunctionName".to_owned(), function.to_owned())]];
+        if version != "$LATEST" {
+            sets.push(vec![
+                ("FunctionName".to_owned(), function.to_owned()),
+                ("Resource".to_owned(), format!("{function}:{version}")),
+            ]);
+        }
+        let meter = |name: &str, unit: &str, kind: Kind, account: bool| {
+            let mut series: Vec<Arc<Series>> = sets
+                .iter()
+                .map(|dims| {
+                    recorder.series(
+                        SeriesKey::new(LAMBDA_NAMESPACE, name, dims.clone()),
+                        unit,
+                        kind,
+                    )
+                })
+                .collect();
+            if account {
+                series.push(recorder.series(
+                    SeriesKey::new(LAMBDA_NAMESPACE, name, vec![]),
+                    unit,
+                    kind,
+                ));
+            }
+            Meter(series)
+        };
+        use Kind::{Counter, Distribution};
+        Self {
+            invocations: meter("Invocations", "Count", Counter, false),
+            errors: meter("Errors", "Count", Counter, false),
+            throttles: meter("Throttles", "Count", Counter, false),
+            duration: meter("Duration", "Milliseconds", Distribution, false),
+            concurrent_executions: meter("ConcurrentExecutions", "Count", Counter, true),
+            cold_starts: meter("ColdStarts", "Count", Counter, false),
+            init_duration: meter("InitDuration", "Milliseconds", Distribution, false),
+            timeouts: meter("Timeouts", "Count", Counter, false),
+            async_events_received: meter("AsyncEventsReceived", "Count", Counter, false),
+            async_event_age: meter("AsyncEventAge", "Milliseconds", Distribution, false),
+            async_events_dropped: meter("AsyncEventsDropped", "Count", Counter, false),
+            dead_letter_errors: meter("DeadLetterErrors", "Count", Counter, false),
+            destination_delivery_failures: meter(
+                "DestinationDeliveryFailures",
+                "Count",
+                Counter,
+                false,
+            ),
+        }
+    }
+}
+
+/// Meters by function, then version.
+type MetersByFunction = HashMap<String, HashMap<String, Arc<FunctionMeters>>>;
+
+/// Meters by function and version, created on first use.
+#[derive(Clone)]
+pub struct LambdaMetrics {
+    recorder: Recorder,
+    meters: Arc<Mutex<MetersByFunction>>,
+}
+
+impl LambdaMetrics {
+    /// Lambda metrics recorded into `recorder`.
+    pub fn new(recorder: Recorder) -> Self {
+        Self {
+            recorder,
+            meters: Arc::default(),
+        }
+    }
+
+    /// The meters of `function` at `version` (`$LATEST` or a number).
+    pub fn function(&self, function: &str, version: &str) -> Arc<FunctionMeters> {
+        let mut meters = self.meters.lock().expect("lambda meters lock poisoned");
+        if let Some(m) = meters.get(function).and_then(|v| v.get(version)) {
+            return m.clone();
+        }
+        let created = Arc::new(FunctionMeters::new(&self.recorder, function, version));
+        meters
+            .entry(function.to_owned())
+            .or_default()
+            .insert(version.to_owned(), created.clone());
+        created
+    }
+}

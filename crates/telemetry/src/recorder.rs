@@ -1,0 +1,237 @@
+//! Recording: each series keeps the current seconds' aggregates in a small ring, so a value is
+//! added under one uncontended lock without allocating; the flusher drains closed seconds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rampart_store::{MetricPoint, SeriesKey};
+
+use crate::Aggregate;
+
+/// Seconds a series keeps open at once: a value stamped up to this many seconds before the
+/// newest one still lands in its own bucket without allocating.
+const RING: usize = 8;
+
+/// Whether a series keeps a histogram of its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Counts (Invocations, Errors): sums and extremes only.
+    Counter,
+    /// Values whose percentiles matter (Duration, custom metrics).
+    Distribution,
+}
+
+struct Slot {
+    second: i64,
+    values: Aggregate,
+}
+
+struct Slots {
+    ring: Vec<Slot>,
+    /// Buckets pushed out of the ring before the flusher took them, and values older than it.
+    spilled: Vec<(i64, Aggregate)>,
+}
+
+/// One series being recorded.
+pub struct Series {
+    key: SeriesKey,
+    unit: String,
+    kind: Kind,
+    enabled: bool,
+    slots: Mutex<Slots>,
+}
+
+impl Series {
+    fn new(key: SeriesKey, unit: String, kind: Kind, enabled: bool) -> Self {
+        let fresh = || match kind {
+            Kind::Counter => Aggregate::without_histogram(),
+            Kind::Distribution => Aggregate::empty(),
+        };
+        let ring = (0..RING)
+            .map(|_| Slot {
+                second: i64::MIN,
+                values: fresh(),
+            })
+            .collect();
+        Self {
+            key,
+            unit,
+            kind,
+            enabled,
+            slots: Mutex::new(Slots {
+                ring,
+                spilled: Vec::new(),
+            }),
+        }
+    }
+
+    fn fresh(&self) -> Aggregate {
+        match self.kind {
+            Kind::Counter => Aggregate::without_histogram(),
+            Kind::Distribution => Aggregate::empty(),
+        }
+    }
+
+    /// Adds `value` to the bucket of epoch second `second`.
+    pub fn record(&self, second: i64, value: f64) {
+        self.record_with(second, |values| values.add(value, 1));
+    }
+
+    /// Adds to the bucket of `second` with `add`.
+    pub fn record_with(&self, second: i64, add: impl FnOnce(&mut Aggregate)) {
+        if !self.enabled {
+            return;
+        }
+        let mut slots = self.slots.lock().expect("metric series lock poisoned");
+        let index = second.rem_euclid(RING as i64) as usize;
+        let slot = &mut slots.ring[index];
+        if slot.second == second {
+            add(&mut slot.values);
+            return;
+        }
+        if slot.second < second {
+            if !slot.values.is_empty() {
+                // The flusher has not taken this bucket yet: keep it aside.
+                let old = std::mem::replace(&mut slot.values, self.fresh());
+                let old_second = slot.second;
+                slots.spilled.push((old_second, old));
+            }
+            let slot = &mut slots.ring[index];
+            slot.second = second;
+            add(&mut slot.values);
+            return;
+        }
+        // Older than the ring holds: a bucket of its own (rare: very long invocations).
+        let mut values = self.fresh();
+        add(&mut values);
+        slots.spilled.push((second, values));
+    }
+
+    /// Takes the buckets of seconds before `before` as stored points.
+    fn drain(&self, before: i64, out: &mut Vec<MetricPoint>) {
+        let mut slots = self.slots.lock().expect("metric series lock poisoned");
+        for slot in &mut slots.ring {
+            if slot.second < before && !slot.values.is_empty() {
+                out.push(slot.values.to_point(1, slot.second, &self.unit));
+                slot.values.reset();
+            }
+        }
+        for (second, values) in slots.spilled.drain(..) {
+            out.push(values.to_point(1, second, &self.unit));
+        }
+    }
+}
+
+/// Series by key and unit.
+type SeriesMap = HashMap<(SeriesKey, String), Arc<Series>>;
+
+/// Every series recorded in this process.
+#[derive(Clone)]
+pub struct Recorder {
+    enabled: bool,
+    series: Arc<Mutex<SeriesMap>>,
+}
+
+impl Recorder {
+    /// A recorder; a disabled one hands out series that ignore every value.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            series: Arc::default(),
+        }
+    }
+
+    /// Whether values are recorded.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The series for `key` in `unit`, created on first use. Callers on hot paths keep the
+    /// handle rather than looking it up per value.
+    pub fn series(&self, key: SeriesKey, unit: &str, kind: Kind) -> Arc<Series> {
+        let mut series = self.series.lock().expect("metric registry lock poisoned");
+        series
+            .entry((key, unit.to_owned()))
+            .or_insert_with_key(|(key, unit)| {
+                Arc::new(Series::new(key.clone(), unit.clone(), kind, self.enabled))
+            })
+            .clone()
+    }
+
+    /// The closed buckets (seconds before `before`) of every series, by series.
+    pub fn drain(&self, before: i64) -> Vec<(SeriesKey, Vec<MetricPoint>)> {
+        let all: Vec<Arc<Series>> = self
+            .series
+            .lock()
+            .expect("metric registry lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for series in all {
+            let mut points = Vec::new();
+            series.drain(before, &mut points);
+            if !points.is_empty() {
+                out.push((series.key.clone(), points));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SeriesKey {
+        SeriesKey::new("ns", "m", vec![])
+    }
+
+    #[test]
+    fn values_land_in_their_second_and_drain_once_closed() {
+        let recorder = Recorder::new(true);
+        let s = recorder.series(key(), "Milliseconds", Kind::Distribution);
+        s.record(100, 1.0);
+        s.record(100, 3.0);
+        s.record(101, 5.0);
+        // A value stamped with an earlier second still lands in its own bucket.
+        s.record(99, 7.0);
+        let drained = recorder.drain(101);
+        assert_eq!(drained.len(), 1);
+        let mut points = drained[0].1.clone();
+        points.sort_by_key(|p| p.ts);
+        assert_eq!(
+            points
+                .iter()
+                .map(|p| (p.ts, p.count, p.sum))
+                .collect::<Vec<_>>(),
+            vec![(99, 1.0, 7.0), (100, 2.0, 4.0)]
+        );
+        assert!(recorder.drain(101).is_empty(), "drained once");
+        let later = recorder.drain(102);
+        assert_eq!(later[0].1[0].ts, 101);
+    }
+
+    #[test]
+    fn buckets_the_ring_cannot_hold_are_kept_aside() {
+        let recorder = Recorder::new(true);
+        let s = recorder.series(key(), "Count", Kind::Counter);
+        s.record(10, 1.0);
+        // Same slot, newer second, before any drain: the old bucket is spilled, not lost.
+        s.record(10 + RING as i64, 1.0);
+        // Far older than the ring: a bucket of its own.
+        s.record(0, 1.0);
+        let mut ts: Vec<i64> = recorder.drain(i64::MAX)[0].1.iter().map(|p| p.ts).collect();
+        ts.sort();
+        assert_eq!(ts, vec![0, 10, 10 + RING as i64]);
+    }
+
+    #[test]
+    fn a_disabled_recorder_records_nothing() {
+        let recorder = Recorder::new(false);
+        recorder
+            .series(key(), "Count", Kind::Counter)
+            .record(1, 1.0);
+        assert!(recorder.drain(i64::MAX).is_empty());
+    }
+}
