@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod async_queue;
+mod cloudwatch;
 mod control;
 mod error;
 mod event_config;
@@ -26,6 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 use rampart_model::EventInvokeConfig;
 use rampart_runtime::Dispatcher;
+use rampart_telemetry::Telemetry;
 
 pub use async_queue::AsyncSettings;
 pub use error::ApiError;
@@ -36,6 +38,8 @@ pub use routes::RouteTable;
 pub struct Gateway {
     registry: Registry,
     dispatcher: Dispatcher,
+    /// Metrics: recorded, stored and queried (the CloudWatch API).
+    telemetry: Arc<Telemetry>,
     region: String,
     draining: AtomicBool,
     /// The HTTP listener's routes; replaced whole when an API is deployed.
@@ -62,6 +66,7 @@ impl Gateway {
     pub async fn load(
         registry: Registry,
         dispatcher: Dispatcher,
+        telemetry: Arc<Telemetry>,
         region: String,
         async_settings: AsyncSettings,
     ) -> Result<Arc<Self>, String> {
@@ -90,6 +95,7 @@ impl Gateway {
             keys,
             registry,
             dispatcher,
+            telemetry,
             region,
             draining: AtomicBool::new(false),
             routes: RwLock::new(Arc::new(routes)),
@@ -140,6 +146,12 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         let functions = "/2015-03-31/functions";
         Router::new()
+            // CloudWatch (awsJson 1.0: the operation is in `X-Amz-Target`).
+            .route(
+                "/",
+                post(cloudwatch::serve)
+                    .layer(DefaultBodyLimit::max(2 * cloudwatch::MAX_REQUEST_BYTES)),
+            )
             .route(
                 &format!("{functions}/{{name}}/invocations"),
                 post(invoke::invoke).layer(DefaultBodyLimit::disable()),

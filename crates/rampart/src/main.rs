@@ -82,6 +82,15 @@ struct ServeArgs {
     /// Longest wait for in-flight invocations when shutting down.
     #[arg(long, env = "RAMPART_DRAIN_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     drain_timeout: std::time::Duration,
+    /// Record metrics (`off` keeps only logs; the CloudWatch API still takes custom metrics).
+    #[arg(long, env = "RAMPART_TELEMETRY", default_value = "on", value_parser = ["on", "off"])]
+    telemetry: String,
+    /// How long 1-second metric points are kept (CloudWatch: 3 hours).
+    #[arg(long, env = "RAMPART_METRICS_SECONDS_RETENTION", default_value = "3h", value_parser = parse_duration)]
+    metrics_seconds_retention: std::time::Duration,
+    /// How long 1-minute metric points are kept (CloudWatch: 15 days).
+    #[arg(long, env = "RAMPART_METRICS_MINUTES_RETENTION", default_value = "360h", value_parser = parse_duration)]
+    metrics_minutes_retention: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -398,6 +407,11 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         force_rlimit: args.sandbox == "rlimit",
         init_timeout: args.init_timeout,
+        telemetry: args.telemetry == "on",
+        metrics_retention: rampart_telemetry::Retention {
+            seconds: args.metrics_seconds_retention,
+            minutes: args.metrics_minutes_retention,
+        },
         async_settings: rampart_gateway::AsyncSettings {
             retry_base: args.async_retry_base,
             idempotency_window: args.idempotency_window,

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use rampart_gateway::{Gateway, Registry};
 use rampart_runtime::{Dispatcher, Launcher, LogRecord, Sandbox, Settings};
 use rampart_store::{CodeStore, LogLine, Store};
+use rampart_telemetry::Telemetry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +40,10 @@ pub struct Options {
     pub init_timeout: Duration,
     /// How asynchronous events are retried.
     pub async_settings: rampart_gateway::AsyncSettings,
+    /// Record metrics.
+    pub telemetry: bool,
+    /// How long metric rollups are kept.
+    pub metrics_retention: rampart_telemetry::Retention,
 }
 
 /// A server that is listening.
@@ -117,6 +122,17 @@ pub async fn start(options: Options) -> Result<Running> {
     // Leftovers of a previous run (instances die with the server, their temp dirs may not).
     let _ = tokio::fs::remove_dir_all(data_dir.join("tmp")).await;
 
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding {}", options.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let http_listener = tokio::net::TcpListener::bind(options.http_listen)
+        .await
+        .with_context(|| format!("binding {}", options.http_listen))?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("reading the bound HTTP address")?;
+    let telemetry = Telemetry::new(store.clone(), options.telemetry, options.metrics_retention);
     let (log_tx, log_rx) = mpsc::channel(16 * 1024);
     let dispatcher = Dispatcher::try_new(Settings {
         data_dir: data_dir.clone(),
@@ -128,6 +144,8 @@ pub async fn start(options: Options) -> Result<Running> {
         init_timeout: options.init_timeout,
         kill_grace: Duration::from_millis(500),
         stub: std::env::current_exe().ok(),
+        metrics: telemetry.lambda().clone(),
+        api_endpoint: Some(format!("http://{addr}")),
     })
     .context("starting the dispatcher")?;
     let registry = Registry::load(store.clone(), CodeStore::new(&data_dir), dispatcher.clone())
@@ -136,22 +154,12 @@ pub async fn start(options: Options) -> Result<Running> {
     let gateway = Gateway::load(
         registry,
         dispatcher.clone(),
+        telemetry.clone(),
         options.region.clone(),
         options.async_settings.clone(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("loading APIs: {e}"))?;
-
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("binding {}", options.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    let http_listener = tokio::net::TcpListener::bind(options.http_listen)
-        .await
-        .with_context(|| format!("binding {}", options.http_listen))?;
-    let http_addr = http_listener
-        .local_addr()
-        .context("reading the bound HTTP address")?;
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -163,6 +171,9 @@ pub async fn start(options: Options) -> Result<Running> {
         logs_done.clone(),
     ));
     tasks.spawn(dispatcher.clone().run_maintenance(shutdown.child_token()));
+    // Stopped after the drain, so the last invocations' metrics are flushed.
+    let telemetry_done = CancellationToken::new();
+    let telemetry_task = tokio::spawn(telemetry.run(telemetry_done.clone()));
     let queue_stop = CancellationToken::new();
     let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));
 
@@ -205,6 +216,10 @@ pub async fn start(options: Options) -> Result<Running> {
             }
         }
         logs_done.cancel();
+        telemetry_done.cancel();
+        if telemetry_task.await.is_err() {
+            tracing::warn!("the telemetry task panicked");
+        }
         tasks.close();
         tasks.wait().await;
         drop(gateway);

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::instance::{Current, Event, ExitInfo, Instance, Phase, Reply, Status};
 use crate::spawn::Processes;
 use crate::{FunctionSpec, InvokeError, InvokeOutcome, InvokeRequest, Settings, now_ms};
+use rampart_telemetry::FunctionMeters;
 
 /// How often idle instances are reclaimed and warm pools refilled.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
@@ -55,6 +56,8 @@ struct Inner {
     /// Invocations in flight, waited for when draining.
     invocations: TaskTracker,
     draining: AtomicBool,
+    /// Invocations admitted and not finished, all functions.
+    busy: AtomicUsize,
 }
 
 /// A pool's key: the version label (`$LATEST` or the number) and the version it runs.
@@ -64,6 +67,8 @@ type PoolKey = (Arc<str>, u64);
 struct FunctionPools {
     /// Reserved concurrency in force (the newest version's setting; see `set_concurrency`).
     limit: Mutex<u32>,
+    /// Invocations admitted and not finished.
+    busy: AtomicUsize,
     /// Background (asynchronous) invocations holding permits now.
     background: AtomicU32,
     permits: Arc<Semaphore>,
@@ -79,6 +84,7 @@ struct Pool {
     /// A newer version took over the label (or the function was deleted): no reuse.
     retired: AtomicBool,
     crash: Mutex<CrashLoop>,
+    meters: Arc<FunctionMeters>,
 }
 
 #[derive(Default)]
@@ -149,6 +155,7 @@ impl Dispatcher {
                 tasks,
                 invocations: TaskTracker::new(),
                 draining: AtomicBool::new(false),
+                busy: AtomicUsize::new(0),
             }),
         })
     }
@@ -413,6 +420,11 @@ impl Dispatcher {
             live: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             crash: Mutex::default(),
+            meters: self
+                .inner
+                .settings
+                .metrics
+                .function(&spec.name, &spec.version_label),
         });
         pools.insert(key, pool.clone());
         pool
@@ -558,13 +570,45 @@ impl Dispatcher {
         background: bool,
     ) -> Result<InvokeOutcome, InvokeError> {
         let fp = self.function_pools(&spec);
-        let (permit, background_slot) = if background {
-            let (permit, slot) = admit_background(&fp)?;
-            (permit, Some(slot))
+        let admitted = if background {
+            admit_background(&fp).map(|(permit, slot)| (permit, Some(slot)))
         } else {
-            (self.admit(&fp).await?, None)
+            self.admit(&fp).await.map(|permit| (permit, None))
         };
+        let (permit, background_slot) = admitted.inspect_err(|_| {
+            let meters = self
+                .inner
+                .settings
+                .metrics
+                .function(&spec.name, &spec.version_label);
+            meters.throttles.record(now_secs(), 1.0);
+        })?;
         let pool = self.pool(&fp, &spec);
+        let started = now_secs();
+        let _busy = Busy::enter(&fp.busy, &self.inner.busy);
+        pool.meters
+            .concurrent_executions
+            .record(started, fp.busy.load(Ordering::Relaxed) as f64);
+        self.inner
+            .settings
+            .metrics
+            .account_concurrency()
+            .record(started, self.inner.busy.load(Ordering::Relaxed) as f64);
+        let outcome = self
+            .run_admitted(&spec, &pool, request, permit, background_slot)
+            .await;
+        record_outcome(&pool.meters, started, &outcome);
+        Ok(outcome)
+    }
+
+    async fn run_admitted(
+        &self,
+        spec: &Arc<FunctionSpec>,
+        pool: &Arc<Pool>,
+        request: InvokeRequest,
+        permit: OwnedSemaphorePermit,
+        background_slot: Option<BackgroundSlot>,
+    ) -> InvokeOutcome {
         let pending = PendingInvocation {
             pool: pool.clone(),
             request,
@@ -572,7 +616,7 @@ impl Dispatcher {
             _background: background_slot,
         };
         if let Some(last_error) = pool.backing_off() {
-            return Ok(pending.failed_fast(last_error));
+            return pending.failed_fast(last_error);
         }
         // A warm instance can die while idle, just before it is picked: the event never reached
         // it, so the invocation moves to another instance (once) instead of failing.
@@ -580,9 +624,9 @@ impl Dispatcher {
         loop {
             let instance = match pool.pop_idle() {
                 Some(instance) => instance,
-                None => match self.spawn_instance(&pool).await {
+                None => match self.spawn_instance(pool).await {
                     Ok(instance) => instance,
-                    Err(message) => return Ok(pending.entrypoint_failed(&message)),
+                    Err(message) => return pending.entrypoint_failed(&message),
                 },
             };
             let guard = KillOnDrop(Some(instance.clone()));
@@ -596,7 +640,7 @@ impl Dispatcher {
                 instance.kill();
             }
             match outcome {
-                Some(outcome) => return Ok(outcome),
+                Some(outcome) => return outcome,
                 None => {
                     tracing::debug!(function = %spec.name, "idle instance died before its event was delivered: retrying");
                     retried = true;
@@ -661,6 +705,7 @@ impl Dispatcher {
 fn new_function_pools(limit: u32) -> Arc<FunctionPools> {
     Arc::new(FunctionPools {
         limit: Mutex::new(limit),
+        busy: AtomicUsize::new(0),
         background: AtomicU32::new(0),
         permits: Arc::new(Semaphore::new(limit as usize)),
         pools: Mutex::default(),
@@ -702,6 +747,58 @@ struct PendingInvocation {
 
 /// A background invocation's place in its function's background share, given back on drop.
 struct BackgroundSlot(Arc<FunctionPools>);
+
+/// Counts an admitted invocation as busy (per function and overall) while it lives.
+struct Busy<'a>(&'a AtomicUsize, &'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(function: &'a AtomicUsize, all: &'a AtomicUsize) -> Self {
+        function.fetch_add(1, Ordering::Relaxed);
+        all.fetch_add(1, Ordering::Relaxed);
+        Self(function, all)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Lambda's invocation metrics, stamped with the second the invocation started.
+fn record_outcome(meters: &FunctionMeters, started: i64, outcome: &InvokeOutcome) {
+    meters.invocations.record(started, 1.0);
+    meters
+        .errors
+        .record(started, if outcome.function_error { 1.0 } else { 0.0 });
+    meters
+        .duration
+        .record(started, outcome.duration.as_secs_f64() * 1000.0);
+    if outcome.function_error && error_type(&outcome.body).as_deref() == Some("Sandbox.Timedout") {
+        meters.timeouts.record(started, 1.0);
+    }
+    if let Some(init) = outcome.init_duration {
+        meters.cold_starts.record(started, 1.0);
+        meters
+            .init_duration
+            .record(started, init.as_secs_f64() * 1000.0);
+    }
+}
+
+/// The `errorType` of an error body.
+fn error_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        #[serde(rename = "errorType")]
+        error_type: Option<String>,
+    }
+    serde_json::from_slice::<ErrorBody>(body).ok()?.error_type
+}
 
 impl Drop for BackgroundSlot {
     fn drop(&mut self) {
@@ -746,6 +843,7 @@ impl PendingInvocation {
             log_tail: None,
             duration,
             cold_start: true,
+            init_duration: None,
         }
     }
 
@@ -968,6 +1066,11 @@ impl PendingInvocation {
             .and_then(|c| c.tail);
         let mut outcome = self.outcome(body, function_error, duration);
         outcome.content_type = content_type;
+        outcome.init_duration = instance
+            .init_duration
+            .lock()
+            .expect("init lock")
+            .filter(|_| report_init);
         outcome.log_tail = tail.map(|t| {
             let mut cut = t.len().saturating_sub(crate::instance::TAIL_BYTES);
             while !t.is_char_boundary(cut) {

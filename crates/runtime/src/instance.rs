@@ -517,6 +517,15 @@ fn environment(
     set("AWS_ACCESS_KEY_ID", "rampart".into());
     set("AWS_SECRET_ACCESS_KEY", "rampart".into());
     set("AWS_SESSION_TOKEN", "rampart".into());
+    // Unmodified SDK code reaches Rampart's own CloudWatch and Lambda APIs (unless the
+    // function's configuration points them elsewhere).
+    if let Some(endpoint) = &settings.api_endpoint {
+        for key in ["AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ENDPOINT_URL_LAMBDA"] {
+            if !config.environment.contains_key(key) {
+                set(key, endpoint.clone());
+            }
+        }
+    }
     set("TZ", ":UTC".into());
     set("LANG", "en_US.UTF-8".into());
     set("PATH", path.join(":"));

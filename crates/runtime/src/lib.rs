@@ -92,6 +92,11 @@ pub struct Settings {
     /// The `rampart` binary, run as `rampart __instance-stub` to keep pre-forked sandbox slots;
     /// `None` starts every instance directly.
     pub stub: Option<PathBuf>,
+    /// Where invocation metrics are recorded.
+    pub metrics: rampart_telemetry::LambdaMetrics,
+    /// The server's API (`http://host:port`), given to functions as their CloudWatch and
+    /// Lambda endpoint.
+    pub api_endpoint: Option<String>,
 }
 
 /// One line of function output or a platform line.
@@ -147,6 +152,8 @@ pub struct InvokeOutcome {
     pub duration: Duration,
     /// The instance was started for this invocation.
     pub cold_start: bool,
+    /// The instance's init time, when it was started for this invocation.
+    pub init_duration: Option<Duration>,
 }
 
 /// Why an invocation did not run.

@@ -33,7 +33,7 @@ pub struct FunctionMeters {
     pub throttles: Meter,
     /// Handler time, milliseconds.
     pub duration: Meter,
-    /// Busy instances when an invocation starts (also account-wide).
+    /// Busy instances of the function when an invocation starts.
     pub concurrent_executions: Meter,
     /// Invocations that started an instance (Rampart).
     pub cold_starts: Meter,
@@ -62,8 +62,8 @@ impl FunctionMeters {
                 ("Resource".to_owned(), format!("{function}:{version}")),
             ]);
         }
-        let meter = |name: &str, unit: &str, kind: Kind, account: bool| {
-            let mut series: Vec<Arc<Series>> = sets
+        let meter = |name: &str, unit: &str, kind: Kind| {
+            let series: Vec<Arc<Series>> = sets
                 .iter()
                 .map(|dims| {
                     recorder.series(
@@ -73,35 +73,23 @@ impl FunctionMeters {
                     )
                 })
                 .collect();
-            if account {
-                series.push(recorder.series(
-                    SeriesKey::new(LAMBDA_NAMESPACE, name, vec![]),
-                    unit,
-                    kind,
-                ));
-            }
             Meter(series)
         };
         use Kind::{Counter, Distribution};
         Self {
-            invocations: meter("Invocations", "Count", Counter, false),
-            errors: meter("Errors", "Count", Counter, false),
-            throttles: meter("Throttles", "Count", Counter, false),
-            duration: meter("Duration", "Milliseconds", Distribution, false),
-            concurrent_executions: meter("ConcurrentExecutions", "Count", Counter, true),
-            cold_starts: meter("ColdStarts", "Count", Counter, false),
-            init_duration: meter("InitDuration", "Milliseconds", Distribution, false),
-            timeouts: meter("Timeouts", "Count", Counter, false),
-            async_events_received: meter("AsyncEventsReceived", "Count", Counter, false),
-            async_event_age: meter("AsyncEventAge", "Milliseconds", Distribution, false),
-            async_events_dropped: meter("AsyncEventsDropped", "Count", Counter, false),
-            dead_letter_errors: meter("DeadLetterErrors", "Count", Counter, false),
-            destination_delivery_failures: meter(
-                "DestinationDeliveryFailures",
-                "Count",
-                Counter,
-                false,
-            ),
+            invocations: meter("Invocations", "Count", Counter),
+            errors: meter("Errors", "Count", Counter),
+            throttles: meter("Throttles", "Count", Counter),
+            duration: meter("Duration", "Milliseconds", Distribution),
+            concurrent_executions: meter("ConcurrentExecutions", "Count", Counter),
+            cold_starts: meter("ColdStarts", "Count", Counter),
+            init_duration: meter("InitDuration", "Milliseconds", Distribution),
+            timeouts: meter("Timeouts", "Count", Counter),
+            async_events_received: meter("AsyncEventsReceived", "Count", Counter),
+            async_event_age: meter("AsyncEventAge", "Milliseconds", Distribution),
+            async_events_dropped: meter("AsyncEventsDropped", "Count", Counter),
+            dead_letter_errors: meter("DeadLetterErrors", "Count", Counter),
+            destination_delivery_failures: meter("DestinationDeliveryFailures", "Count", Counter),
         }
     }
 }
@@ -114,15 +102,27 @@ type MetersByFunction = HashMap<String, HashMap<String, Arc<FunctionMeters>>>;
 pub struct LambdaMetrics {
     recorder: Recorder,
     meters: Arc<Mutex<MetersByFunction>>,
+    account_concurrency: Arc<Series>,
 }
 
 impl LambdaMetrics {
     /// Lambda metrics recorded into `recorder`.
     pub fn new(recorder: Recorder) -> Self {
+        let account_concurrency = recorder.series(
+            SeriesKey::new(LAMBDA_NAMESPACE, "ConcurrentExecutions", vec![]),
+            "Count",
+            Kind::Counter,
+        );
         Self {
             recorder,
             meters: Arc::default(),
+            account_concurrency,
         }
+    }
+
+    /// Invocations in flight across all functions (no dimensions).
+    pub fn account_concurrency(&self) -> &Series {
+        &self.account_concurrency
     }
 
     /// The meters of `function` at `version` (`$LATEST` or a number).
@@ -137,5 +137,13 @@ impl LambdaMetrics {
             .or_default()
             .insert(version.to_owned(), created.clone());
         created
+    }
+}
+
+impl std::fmt::Debug for LambdaMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LambdaMetrics")
+            .field("enabled", &self.recorder.enabled())
+            .finish_non_exhaustive()
     }
 }

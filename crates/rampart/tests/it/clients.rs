@@ -1,11 +1,9 @@
 //! Real clients: boto3 against the control and Invoke APIs, and the official Python runtime
 //! interface client (`awslambdaric`) as a custom runtime.
 
-use std::process::Command;
-
 use serde_json::json;
 
-use crate::harness::{Server, python};
+use crate::harness::{Server, python, run_python};
 
 const BOTO3_SCRIPT: &str = r#"
 import base64, io, json, sys, zipfile
@@ -89,23 +87,6 @@ except client.exceptions.ResourceNotFoundException:
     pass
 print("boto3 ok")
 "#;
-
-fn run_python(script: &str, args: &[&str]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("script.py");
-    std::fs::write(&path, script).unwrap();
-    let out = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("running python");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_creates_gets_lists_updates_invokes_and_deletes() {

@@ -367,3 +367,22 @@ pub fn python() -> String {
         .expect("python3 on PATH");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// Runs a Python script (with boto3 at hand) with `args`; returns whether it succeeded and
+/// its output.
+pub fn run_python(script: &str, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.py");
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("running python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

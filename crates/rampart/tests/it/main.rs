@@ -9,4 +9,5 @@ mod harness;
 mod http_api;
 mod invoke;
 mod lifecycle;
+mod metrics;
 mod project;

@@ -1,0 +1,249 @@
+//! Metrics: Lambda's metric set from known invocation patterns, the CloudWatch API through
+//! boto3 (put, get, list, errors, gzip), and a function publishing a custom metric with
+//! unmodified boto3 code.
+
+use serde_json::json;
+
+use crate::harness::{Server, run_python};
+
+/// Shared by the scripts: a CloudWatch client on the server and a poll for a condition.
+const PRELUDE: &str = r#"
+import datetime, json, sys, time
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+endpoint = sys.argv[1]
+cw = boto3.client(
+    "cloudwatch", endpoint_url=endpoint, region_name="us-east-1",
+    aws_access_key_id="AKID", aws_secret_access_key="SECRET",
+    config=Config(retries={"total_max_attempts": 1}),
+)
+now = datetime.datetime.now(datetime.timezone.utc)
+start, end = now - datetime.timedelta(minutes=10), now + datetime.timedelta(minutes=1)
+
+def stats(name, statistics=None, extended=None, dims=None, ns="AWS/Lambda", period=60, unit=None):
+    args = dict(Namespace=ns, MetricName=name, Dimensions=dims or [], StartTime=start,
+                EndTime=end, Period=period)
+    if statistics:
+        args["Statistics"] = statistics
+    if extended:
+        args["ExtendedStatistics"] = extended
+    if unit:
+        args["Unit"] = unit
+    points = cw.get_metric_statistics(**args)["Datapoints"]
+    merged = {}
+    for p in points:
+        for k, v in p.items():
+            if k in ("Sum", "SampleCount"):
+                merged[k] = merged.get(k, 0) + v
+            elif k == "Maximum":
+                merged[k] = max(merged.get(k, v), v)
+            elif k == "Minimum":
+                merged[k] = min(merged.get(k, v), v)
+            else:
+                merged[k] = v
+    return merged
+
+def wait_for(what, check, timeout=15):
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+def error_code(call):
+    try:
+        call()
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError("the call should have failed")
+"#;
+
+const LAMBDA_METRICS: &str = r#"
+fn = [{"Name": "FunctionName", "Value": "timed"}]
+invocations = wait_for("45 invocations", lambda: stats("Invocations", ["Sum"], dims=fn).get("Sum") == 45 and stats("Invocations", ["Sum"], dims=fn))
+errors = stats("Errors", ["Sum", "SampleCount"], dims=fn)
+assert errors == {"Sum": 5, "SampleCount": 45, "Timestamp": errors["Timestamp"], "Unit": "Count"}, errors
+duration = stats("Duration", ["SampleCount", "Minimum", "Maximum"], dims=fn, unit="Milliseconds")
+assert duration["SampleCount"] == 45, duration
+assert 40 <= duration["Maximum"] < 90, duration
+# 13 values near 0 ms, then 8 each near 10, 20, 30 and 40 ms: the 23rd of 45 is near 20 ms.
+p = stats("Duration", extended=["p50", "p99"], dims=fn)["ExtendedStatistics"]
+assert 20 <= p["p50"] < 35, p
+assert 40 <= p["p99"] < 90, p
+cold = stats("ColdStarts", ["Sum"], dims=fn)
+assert cold["Sum"] >= 1, cold
+init = stats("InitDuration", ["SampleCount", "Maximum"], dims=fn)
+assert init["SampleCount"] == cold["Sum"] and init["Maximum"] > 0, init
+concurrency = stats("ConcurrentExecutions", ["Maximum"], dims=fn)
+assert concurrency["Maximum"] == 1, concurrency
+assert stats("ConcurrentExecutions", ["Maximum"])["Maximum"] >= 1, "account-wide series"
+throttles = wait_for("a throttle", lambda: stats("Throttles", ["Sum"], dims=fn).get("Sum") == 1 and stats("Throttles", ["Sum"], dims=fn))
+slow = [{"Name": "FunctionName", "Value": "slow"}]
+timeouts = wait_for("a timeout", lambda: stats("Timeouts", ["Sum"], dims=slow))
+assert timeouts["Sum"] == 1, timeouts
+assert stats("Errors", ["Sum"], dims=slow)["Sum"] == 1
+assert stats("Timeouts", ["Sum"], dims=fn) == {}, "no timeouts of the timed function"
+# 10-second periods read the 1-second points.
+fine = cw.get_metric_statistics(Namespace="AWS/Lambda", MetricName="Invocations", Dimensions=fn,
+    StartTime=now - datetime.timedelta(minutes=5), EndTime=end, Period=10, Statistics=["Sum"])
+assert sum(p["Sum"] for p in fine["Datapoints"]) == 45, fine
+# GetMetricData: metric stats, newest first by default.
+data = cw.get_metric_data(StartTime=start, EndTime=end, MetricDataQueries=[
+    {"Id": "inv", "MetricStat": {"Metric": {"Namespace": "AWS/Lambda", "MetricName": "Invocations", "Dimensions": fn}, "Period": 60, "Stat": "Sum"}},
+    {"Id": "p99", "MetricStat": {"Metric": {"Namespace": "AWS/Lambda", "MetricName": "Duration", "Dimensions": fn}, "Period": 60, "Stat": "p99"}, "Label": "tail"},
+])["MetricDataResults"]
+assert [r["Id"] for r in data] == ["inv", "p99"] and data[1]["Label"] == "tail", data
+assert sum(data[0]["Values"]) == 45 and data[0]["StatusCode"] == "Complete", data
+assert all(40 <= v < 90 for v in data[1]["Values"][:1]) or len(data[1]["Values"]) > 1, data
+metrics = cw.list_metrics(Namespace="AWS/Lambda", Dimensions=[{"Name": "FunctionName", "Value": "timed"}])["Metrics"]
+names = {m["MetricName"] for m in metrics}
+assert {"Invocations", "Errors", "Duration", "Throttles", "ConcurrentExecutions", "ColdStarts"} <= names, names
+assert all(m["Dimensions"] == fn for m in metrics), "no Resource dimension for $LATEST"
+print("lambda metrics ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_metrics_follow_a_known_invocation_pattern() {
+    let server = Server::start();
+    let code = "import time\ndef handler(event, context):\n    time.sleep(event['ms'] / 1000)\n    if event.get('fail'):\n        raise RuntimeError('asked to fail')\n    return event\n";
+    server
+        .deploy(
+            "timed",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            json!({"Timeout": 1}),
+        )
+        .await;
+    for i in 0..40 {
+        let ms = 10 * (i % 5);
+        let r = server.invoke("timed", &format!(r#"{{"ms": {ms}}}"#)).await;
+        assert_eq!(r.header("x-amz-function-error"), None, "{}", r.text());
+    }
+    for _ in 0..5 {
+        let r = server.invoke("timed", r#"{"ms": 0, "fail": true}"#).await;
+        assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
+    }
+    // One throttle: no concurrency left.
+    let r = server
+        .http
+        .put(server.url("/2017-10-31/functions/timed/concurrency"))
+        .json(&json!({"ReservedConcurrentExecutions": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.invoke("timed", r#"{"ms": 0}"#).await.status, 429);
+    // A timeout, on a function of its own: an error, and a timeout.
+    server
+        .deploy(
+            "slow",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            json!({"Timeout": 1}),
+        )
+        .await;
+    let r = server.invoke("slow", r#"{"ms": 3000}"#).await;
+    assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
+    let script = format!("{PRELUDE}{LAMBDA_METRICS}");
+    let (ok, output) = run_python(&script, &[&server.endpoint]);
+    assert!(ok && output.contains("lambda metrics ok"), "{output}");
+}
+
+const CUSTOM_METRICS: &str = r#"
+dims = [{"Name": "host", "Value": "a"}]
+cw.put_metric_data(Namespace="app", MetricData=[
+    {"MetricName": "latency", "Dimensions": dims, "Value": v, "Unit": "Milliseconds", "Timestamp": now}
+    for v in range(1, 101)
+])
+cw.put_metric_data(Namespace="app", MetricData=[
+    {"MetricName": "latency", "Dimensions": dims, "Values": [1000.0, 2000.0], "Counts": [2, 1], "Unit": "Milliseconds", "Timestamp": now},
+    {"MetricName": "bytes", "StatisticValues": {"SampleCount": 4, "Sum": 40, "Minimum": 5, "Maximum": 15}, "Unit": "Bytes", "Timestamp": now},
+])
+# Over 10 KB: botocore gzips the body.
+cw.put_metric_data(Namespace="app", MetricData=[
+    {"MetricName": "big", "Dimensions": [{"Name": "shard", "Value": f"s{i % 3}"}, {"Name": "padding", "Value": "x" * 40}], "Value": 1.0, "Timestamp": now}
+    for i in range(300)
+])
+got = stats("latency", ["SampleCount", "Sum", "Minimum", "Maximum", "Average"], ns="app", dims=dims)
+assert got["SampleCount"] == 103 and got["Sum"] == 5050 + 4000, got
+assert got["Minimum"] == 1 and got["Maximum"] == 2000 and got["Unit"] == "Milliseconds", got
+p = stats("latency", extended=["p50", "p99", "p100"], ns="app", dims=dims)["ExtendedStatistics"]
+assert abs(p["p50"] - 52) <= 0.1 and p["p100"] == 2000, p
+assert stats("latency", ["Sum"], ns="app", dims=dims, unit="Seconds") == {}, "other units match nothing"
+b = stats("bytes", ["SampleCount", "Sum", "Average"], ns="app")
+assert b["SampleCount"] == 4 and b["Average"] == 10, b
+assert stats("bytes", extended=["p50"], ns="app")["ExtendedStatistics"] == {}, "no percentiles from a set"
+padding = {"Name": "padding", "Value": "x" * 40}
+big = stats("big", ["Sum"], ns="app", dims=[{"Name": "shard", "Value": "s1"}, padding])
+assert big["Sum"] == 100, big
+listed = cw.list_metrics(Namespace="app", MetricName="big")["Metrics"]
+assert len(listed) == 3, listed
+only = cw.list_metrics(Namespace="app", Dimensions=[{"Name": "shard", "Value": "s2"}])["Metrics"]
+assert [m["MetricName"] for m in only] == ["big"], only
+pages = list(cw.get_paginator("list_metrics").paginate(Namespace="app"))
+assert sum(len(p["Metrics"]) for p in pages) == 5, pages
+
+# Errors, as CloudWatch reports them.
+assert error_code(lambda: cw.put_metric_data(Namespace="AWS/Mine", MetricData=[{"MetricName": "m", "Value": 1}])) == ("InvalidParameterValue", 400)
+assert error_code(lambda: cw.put_metric_data(Namespace="app", MetricData=[{"MetricName": "m", "Value": float("nan")}])) == ("InvalidParameterValue", 400)
+old = now - datetime.timedelta(days=21)
+assert error_code(lambda: cw.put_metric_data(Namespace="app", MetricData=[{"MetricName": "m", "Value": 1, "Timestamp": old}])) == ("InvalidParameterValue", 400)
+assert error_code(lambda: cw.put_metric_data(Namespace="app", MetricData=[{"MetricName": "m", "Value": 1, "Dimensions": [{"Name": f"d{i}", "Value": "v"} for i in range(31)]}])) == ("InvalidParameterValue", 400)
+assert error_code(lambda: cw.put_metric_data(Namespace="app", MetricData=[{"MetricName": "m", "Value": 1, "Values": [1.0]}])) == ("InvalidParameterCombination", 400)
+assert error_code(lambda: cw.get_metric_statistics(Namespace="app", MetricName="latency", StartTime=now - datetime.timedelta(days=3), EndTime=now, Period=60, Statistics=["Sum"])) == ("InvalidParameterCombination", 400)
+assert error_code(lambda: cw.get_metric_statistics(Namespace="app", MetricName="latency", StartTime=start, EndTime=end, Period=7, Statistics=["Sum"])) == ("InvalidParameterValue", 400)
+assert error_code(lambda: cw.get_metric_statistics(Namespace="app", MetricName="latency", StartTime=start, EndTime=end, Period=60)) == ("MissingParameter", 400)
+assert error_code(lambda: cw.get_metric_data(StartTime=start, EndTime=end, MetricDataQueries=[{"Id": "Bad", "MetricStat": {"Metric": {"Namespace": "app", "MetricName": "latency"}, "Period": 60, "Stat": "Sum"}}])) == ("InvalidParameterValue", 400)
+print("custom metrics ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_puts_gets_and_lists_custom_metrics() {
+    let server = Server::start();
+    let script = format!("{PRELUDE}{CUSTOM_METRICS}");
+    let (ok, output) = run_python(&script, &[&server.endpoint]);
+    assert!(ok && output.contains("custom metrics ok"), "{output}");
+}
+
+const MONITORED_COUNTER: &str = r#"
+dims = [{"Name": "operation", "Value": "increment"}]
+got = wait_for("the counter's metric", lambda: stats("counter", ["Maximum", "SampleCount"], ns="counter", dims=dims))
+assert got["Maximum"] == 42 and got["SampleCount"] == 1 and got["Unit"] == "Count", got
+print("monitored counter ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitored_counter_publishes_its_value_with_plain_boto3() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/counter-monitored"
+    );
+    let server = tokio::task::spawn_blocking(move || Server::up(dir))
+        .await
+        .unwrap();
+    let r = server
+        .invoke(
+            "counter-monitored",
+            r#"{"counter": 41, "operation": "increment"}"#,
+        )
+        .await;
+    assert_eq!(r.json()["statusCode"], 200, "{}", r.text());
+    assert_eq!(r.json()["body"], r#"{"counter": 42}"#);
+    let r = server
+        .invoke(
+            "counter-monitored",
+            r#"{"counter": 1, "operation": "multiply"}"#,
+        )
+        .await;
+    assert_eq!(r.json()["statusCode"], 400, "{}", r.text());
+    let script = format!("{PRELUDE}{MONITORED_COUNTER}");
+    let (ok, output) = run_python(&script, &[&server.endpoint]);
+    assert!(ok && output.contains("monitored counter ok"), "{output}");
+}
