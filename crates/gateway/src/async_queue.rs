@@ -231,6 +231,11 @@ impl Gateway {
             client_context: None,
             tail: false,
         };
+        let meters = self.meters(&event.function, &event.qualifier);
+        let started = jiff::Timestamp::now().as_second();
+        meters
+            .async_event_age
+            .record(started, (now_ms() - event.enqueued_ms) as f64);
         let result = self.dispatcher.invoke_background(spec, request).await;
         let result_kind = result.as_ref().ok().map(|o| !o.function_error);
         let id = event.id.clone();
@@ -283,6 +288,23 @@ impl Gateway {
         }
     }
 
+    /// The metrics of `function` at `qualifier` (`$LATEST` or a version).
+    pub(crate) fn meters(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> std::sync::Arc<rampart_telemetry::FunctionMeters> {
+        self.telemetry.lambda().function(function, qualifier)
+    }
+
+    /// Records an accepted asynchronous event (counter and `AsyncEventsReceived`).
+    pub(crate) fn event_received(&self, function: &str, qualifier: &str) {
+        self.count(function, |c| c.received += 1);
+        self.meters(function, qualifier)
+            .async_events_received
+            .record(jiff::Timestamp::now().as_second(), 1.0);
+    }
+
     /// Changes a function's counters.
     pub(crate) fn count(&self, function: &str, change: impl FnOnce(&mut AsyncCounters)) {
         let mut counters = self.async_counters.lock().expect("counters lock");
@@ -310,6 +332,10 @@ impl Gateway {
         on_failure: Option<&str>,
     ) {
         let store = self.registry.store();
+        let meters = self.meters(&event.function, &event.qualifier);
+        let now_secs = jiff::Timestamp::now().as_second();
+        // Lambda counts every event given up on as dropped, wherever it goes next.
+        meters.async_events_dropped.record(now_secs, 1.0);
         let mut reason = condition.to_owned();
         if let Some(destination) = on_failure {
             let record = self.record(event, condition, invoke_count, outcome);
@@ -318,6 +344,7 @@ impl Gateway {
                 Err(e) => {
                     tracing::warn!(error = %e, event = %event.id, "on-failure destination refused a record");
                     self.count(&event.function, |c| c.destination_failures += 1);
+                    meters.destination_delivery_failures.record(now_secs, 1.0);
                     reason.push_str("; the on-failure destination could not take it");
                 }
             }

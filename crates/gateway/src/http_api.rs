@@ -379,7 +379,7 @@ async fn enqueue_route_event(
         return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
     }
     gateway.queue_wakeup.notify_one();
-    gateway.count(function, |c| c.received += 1);
+    gateway.event_received(function, &spec.version_label);
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "requestId": request_id })),

@@ -143,7 +143,7 @@ pub(crate) async fn invoke(
                 }
             };
             gateway.queue_wakeup.notify_one();
-            gateway.count(&target.name, |c| c.received += 1);
+            gateway.event_received(&target.name, &target.spec.version_label);
             let mut response = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert("x-amzn-requestid", v);

@@ -247,3 +247,46 @@ async fn the_monitored_counter_publishes_its_value_with_plain_boto3() {
     let (ok, output) = run_python(&script, &[&server.endpoint]);
     assert!(ok && output.contains("monitored counter ok"), "{output}");
 }
+
+const ASYNC_METRICS: &str = r#"
+fn = [{"Name": "FunctionName", "Value": "queued"}]
+dropped = wait_for("the dropped event", lambda: stats("AsyncEventsDropped", ["Sum"], dims=fn))
+assert dropped["Sum"] == 1, dropped
+assert stats("AsyncEventsReceived", ["Sum"], dims=fn)["Sum"] == 1
+age = stats("AsyncEventAge", ["SampleCount", "Minimum"], dims=fn, unit="Milliseconds")
+assert age["SampleCount"] == 1 and age["Minimum"] >= 0, age
+assert stats("Errors", ["Sum"], dims=fn)["Sum"] == 1
+print("async metrics ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_events_are_metered_from_acceptance_to_drop() {
+    let server = Server::start();
+    server
+        .deploy(
+            "queued",
+            "python3.12",
+            "app.handler",
+            &[(
+                "app.py",
+                "def handler(event, context):\n    raise RuntimeError('always')\n",
+            )],
+            json!({}),
+        )
+        .await;
+    let r = server
+        .http
+        .put(server.url("/2019-09-25/functions/queued/event-invoke-config"))
+        .json(&json!({"MaximumRetryAttempts": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = server
+        .invoke_with("queued", "{}", &[("x-amz-invocation-type", "Event")])
+        .await;
+    assert_eq!(r.status, 202);
+    let script = format!("{PRELUDE}{ASYNC_METRICS}");
+    let (ok, output) = run_python(&script, &[&server.endpoint]);
+    assert!(ok && output.contains("async metrics ok"), "{output}");
+}
