@@ -355,6 +355,7 @@ impl Gateway {
             .dead_letter(event.id.clone(), reason, error, invoke_count, now_ms())
             .await
         {
+            meters.dead_letter_errors.record(now_secs, 1.0);
             tracing::error!(error = %e, event = %event.id, "dead-lettering failed; the lease will return it");
         }
     }
