@@ -273,15 +273,19 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), CwError> {
     Ok(())
 }
 
-fn check_dimensions(dimensions: &[Dimension], at: &str) -> Result<Vec<(String, String)>, CwError> {
+/// Checks the dimensions found at parameter `path` (`MetricData.member.1.Dimensions`).
+fn check_dimensions(
+    dimensions: &[Dimension],
+    path: &str,
+) -> Result<Vec<(String, String)>, CwError> {
     if dimensions.len() > MAX_DIMENSIONS {
         return Err(CwError::invalid(format!(
-            "The collection {at}.Dimensions must not have more than {MAX_DIMENSIONS} members."
+            "The collection {path} must not have more than {MAX_DIMENSIONS} members."
         )));
     }
     let mut seen = HashSet::new();
     for d in dimensions {
-        check_name(&format!("{at}.Dimensions.Name"), &d.name, 255)?;
+        check_name(&format!("{path}.Name"), &d.name, 255)?;
         if d.name.starts_with(':') {
             return Err(CwError::invalid(format!(
                 "The dimension name '{}' must not start with ':'.",
@@ -296,7 +300,7 @@ fn check_dimensions(dimensions: &[Dimension], at: &str) -> Result<Vec<(String, S
         }
         if !seen.insert(d.name.as_str()) {
             return Err(CwError::invalid(format!(
-                "The dimension '{}' appears more than once in {at}.",
+                "The dimension '{}' appears more than once in {path}.",
                 d.name
             )));
         }
@@ -416,7 +420,7 @@ async fn put_metric_data(
             .as_deref()
             .ok_or_else(|| CwError::missing(&format!("{at}.MetricName")))?;
         check_name(&format!("{at}.MetricName"), name, 255)?;
-        let dimensions = check_dimensions(&datum.dimensions, &at)?;
+        let dimensions = check_dimensions(&datum.dimensions, &format!("{at}.Dimensions"))?;
         let unit = check_unit(datum.unit.as_deref())?;
         if let Some(r) = datum.storage_resolution
             && r != 1
@@ -490,10 +494,8 @@ fn check_range(start: Option<f64>, end: Option<f64>, period: u32) -> Result<(i64
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct GetMetricStatisticsInput {
-    namespace: Option<String>,
-    metric_name: Option<String>,
-    #[serde(default)]
-    dimensions: Vec<Dimension>,
+    #[serde(flatten)]
+    metric: Metric,
     start_time: Option<f64>,
     end_time: Option<f64>,
     period: Option<i64>,
@@ -506,20 +508,13 @@ async fn get_metric_statistics(
     telemetry: &rampart_telemetry::Telemetry,
     input: GetMetricStatisticsInput,
 ) -> Result<Value, CwError> {
-    let namespace = input
-        .namespace
-        .ok_or_else(|| CwError::missing("Namespace"))?;
-    let name = input
-        .metric_name
-        .ok_or_else(|| CwError::missing("MetricName"))?;
-    let dimensions = check_dimensions(&input.dimensions, "GetMetricStatistics")?;
-    let period = check_period(input.period)?;
-    let (start, end) = check_range(input.start_time, input.end_time, period)?;
-    let unit = input
-        .unit
-        .as_deref()
-        .map(|u| check_unit(Some(u)))
-        .transpose()?;
+    let query = metric_query(
+        input.metric,
+        "",
+        input.period,
+        input.unit.as_deref(),
+        (input.start_time, input.end_time),
+    )?;
     let statistics = input.statistics.unwrap_or_default();
     let extended = input.extended_statistics.unwrap_or_default();
     match (statistics.is_empty(), extended.is_empty()) {
@@ -531,7 +526,6 @@ async fn get_metric_statistics(
         }
         _ => {}
     }
-    const BASIC: [&str; 5] = ["SampleCount", "Average", "Sum", "Minimum", "Maximum"];
     if statistics.len() > 5 || statistics.iter().any(|s| !BASIC.contains(&s.as_str())) {
         return Err(CwError::invalid(
             "The parameter Statistics must hold 1 to 5 of SampleCount, Average, Sum, Minimum, Maximum.",
@@ -542,23 +536,15 @@ async fn get_metric_statistics(
             "The parameter ExtendedStatistics must hold 1 to 10 percentiles p0.0 to p100.",
         ));
     }
-    let requested = (end - start + i64::from(period) - 1) / i64::from(period);
+    let period = i64::from(query.period);
+    let requested = (query.end - query.start + period - 1) / period;
     if requested > MAX_DATAPOINTS {
         return Err(CwError::combination(format!(
             "You have requested up to {requested} datapoints, which exceeds the limit of {MAX_DATAPOINTS}. You may reduce the datapoints requested by increasing Period, or decreasing the time range."
         )));
     }
-    let buckets = query(
-        telemetry,
-        Query {
-            key: SeriesKey::new(namespace, name.clone(), dimensions),
-            unit,
-            start,
-            end,
-            period,
-        },
-    )
-    .await?;
+    let label = query.key.name.clone();
+    let buckets = read(telemetry, query).await?;
     let datapoints: Vec<Value> = buckets
         .iter()
         .map(|b| {
@@ -578,10 +564,41 @@ async fn get_metric_statistics(
             point
         })
         .collect();
-    Ok(json!({ "Label": name, "Datapoints": datapoints }))
+    Ok(json!({ "Label": label, "Datapoints": datapoints }))
 }
 
-async fn query(
+/// The statistics CloudWatch computes without percentiles.
+const BASIC: [&str; 5] = ["SampleCount", "Average", "Sum", "Minimum", "Maximum"];
+
+/// A validated read of one metric: `at` prefixes parameter names in errors (the metric's
+/// place in the request).
+fn metric_query(
+    metric: Metric,
+    at: &str,
+    period: Option<i64>,
+    unit: Option<&str>,
+    (start, end): (Option<f64>, Option<f64>),
+) -> Result<Query, CwError> {
+    let namespace = metric
+        .namespace
+        .ok_or_else(|| CwError::missing(&format!("{at}Namespace")))?;
+    let name = metric
+        .metric_name
+        .ok_or_else(|| CwError::missing(&format!("{at}MetricName")))?;
+    let dimensions = check_dimensions(&metric.dimensions, &format!("{at}Dimensions"))?;
+    let period = check_period(period)?;
+    let (start, end) = check_range(start, end, period)?;
+    let unit = unit.map(|u| check_unit(Some(u))).transpose()?;
+    Ok(Query {
+        key: SeriesKey::new(namespace, name, dimensions),
+        unit,
+        start,
+        end,
+        period,
+    })
+}
+
+async fn read(
     telemetry: &rampart_telemetry::Telemetry,
     query: Query,
 ) -> Result<Vec<Bucket>, CwError> {
@@ -684,48 +701,26 @@ async fn get_metric_data(
                 )));
             }
         };
-        let name = stat
-            .metric
-            .metric_name
-            .ok_or_else(|| CwError::missing(&format!("{at}.MetricStat.Metric.MetricName")))?;
-        let namespace = stat
-            .metric
-            .namespace
-            .ok_or_else(|| CwError::missing(&format!("{at}.MetricStat.Metric.Namespace")))?;
-        let dimensions = check_dimensions(&stat.metric.dimensions, &at)?;
-        let period = check_period(stat.period)?;
         let stat_name = stat
             .stat
             .ok_or_else(|| CwError::missing(&format!("{at}.MetricStat.Stat")))?;
-        if !matches!(
-            stat_name.as_str(),
-            "SampleCount" | "Sum" | "Average" | "Minimum" | "Maximum"
-        ) && parse_percentile(&stat_name).is_none()
-        {
+        if !BASIC.contains(&stat_name.as_str()) && parse_percentile(&stat_name).is_none() {
             return Err(CwError::invalid(format!(
                 "The value {stat_name} for parameter {at}.MetricStat.Stat is not a statistic Rampart computes."
             )));
         }
-        let unit = stat
-            .unit
-            .as_deref()
-            .map(|u| check_unit(Some(u)))
-            .transpose()?;
-        let (start, end) = check_range(input.start_time, input.end_time, period)?;
+        let query = metric_query(
+            stat.metric,
+            &format!("{at}.MetricStat.Metric."),
+            stat.period,
+            stat.unit.as_deref(),
+            (input.start_time, input.end_time),
+        )?;
         if q.return_data == Some(false) {
             continue;
         }
-        let mut buckets = query(
-            telemetry,
-            Query {
-                key: SeriesKey::new(namespace, name.clone(), dimensions),
-                unit,
-                start,
-                end,
-                period,
-            },
-        )
-        .await?;
+        let label = q.label.unwrap_or_else(|| query.key.name.clone());
+        let mut buckets = read(telemetry, query).await?;
         if !ascending {
             buckets.reverse();
         }
@@ -736,7 +731,7 @@ async fn get_metric_data(
             .unzip();
         results.push(json!({
             "Id": id,
-            "Label": q.label.unwrap_or(name),
+            "Label": label,
             "Timestamps": timestamps,
             "Values": values,
             "StatusCode": "Complete",
@@ -848,5 +843,26 @@ mod tests {
             (125, 300)
         );
         assert!(check_range(Some(300.0), Some(300.0), 60).is_err());
+    }
+
+    #[test]
+    fn gzip_bodies_decode_within_the_request_limit() {
+        use std::io::Write;
+        let gzip = |data: &[u8]| {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        };
+        assert_eq!(gunzip(&gzip(b"{}")).unwrap().as_ref(), b"{}");
+        // A small body that inflates past the limit stops one byte over it (refused as too
+        // large by the caller), never inflating the whole bomb.
+        let bomb = gzip(&vec![b' '; 64 * MAX_REQUEST_BYTES]);
+        assert!(bomb.len() < MAX_REQUEST_BYTES / 10);
+        assert_eq!(gunzip(&bomb).unwrap().len(), MAX_REQUEST_BYTES + 1);
+        assert_eq!(
+            gunzip(b"not gzip").unwrap_err().code,
+            "InvalidParameterValue"
+        );
     }
 }

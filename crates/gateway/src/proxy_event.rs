@@ -364,8 +364,9 @@ struct ContextV1<'a> {
     stage: &'a str,
 }
 
-/// `requestContext.identity`: only the caller's address and agent are known here.
-#[derive(Serialize)]
+/// `requestContext.identity`: only the caller's address and agent are known here; the rest is
+/// `null`.
+#[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Identity<'a> {
     access_key: (),
@@ -416,21 +417,9 @@ pub(crate) fn event_v1(matched: &Matched<'_>, request: &HttpRequest<'_>) -> Byte
             extended_request_id: request.request_id,
             http_method: request.method,
             identity: Identity {
-                access_key: (),
-                account_id: (),
-                api_key: (),
-                api_key_id: (),
-                caller: (),
-                client_cert: (),
-                cognito_authentication_provider: (),
-                cognito_authentication_type: (),
-                cognito_identity_id: (),
-                cognito_identity_pool_id: (),
-                principal_org_id: (),
                 source_ip: &request.source_ip,
-                user: (),
                 user_agent: request.header("user-agent"),
-                user_arn: (),
+                ..Identity::default()
             },
             path: decode(request.raw_path),
             protocol: "HTTP/1.1",

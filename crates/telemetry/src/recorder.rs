@@ -21,6 +21,16 @@ pub enum Kind {
     Distribution,
 }
 
+impl Kind {
+    /// An empty aggregate for values of this kind.
+    fn fresh(self) -> Aggregate {
+        match self {
+            Kind::Counter => Aggregate::without_histogram(),
+            Kind::Distribution => Aggregate::empty(),
+        }
+    }
+}
+
 struct Slot {
     second: i64,
     values: Aggregate,
@@ -43,14 +53,10 @@ pub struct Series {
 
 impl Series {
     fn new(key: SeriesKey, unit: String, kind: Kind, enabled: bool) -> Self {
-        let fresh = || match kind {
-            Kind::Counter => Aggregate::without_histogram(),
-            Kind::Distribution => Aggregate::empty(),
-        };
         let ring = (0..RING)
             .map(|_| Slot {
                 second: i64::MIN,
-                values: fresh(),
+                values: kind.fresh(),
             })
             .collect();
         Self {
@@ -65,20 +71,8 @@ impl Series {
         }
     }
 
-    fn fresh(&self) -> Aggregate {
-        match self.kind {
-            Kind::Counter => Aggregate::without_histogram(),
-            Kind::Distribution => Aggregate::empty(),
-        }
-    }
-
     /// Adds `value` to the bucket of epoch second `second`.
     pub fn record(&self, second: i64, value: f64) {
-        self.record_with(second, |values| values.add(value, 1));
-    }
-
-    /// Adds to the bucket of `second` with `add`.
-    pub fn record_with(&self, second: i64, add: impl FnOnce(&mut Aggregate)) {
         if !self.enabled {
             return;
         }
@@ -86,24 +80,24 @@ impl Series {
         let index = second.rem_euclid(RING as i64) as usize;
         let slot = &mut slots.ring[index];
         if slot.second == second {
-            add(&mut slot.values);
+            slot.values.add(value, 1);
             return;
         }
         if slot.second < second {
             if !slot.values.is_empty() {
                 // The flusher has not taken this bucket yet: keep it aside.
-                let old = std::mem::replace(&mut slot.values, self.fresh());
+                let old = std::mem::replace(&mut slot.values, self.kind.fresh());
                 let old_second = slot.second;
                 slots.spilled.push((old_second, old));
             }
             let slot = &mut slots.ring[index];
             slot.second = second;
-            add(&mut slot.values);
+            slot.values.add(value, 1);
             return;
         }
         // Older than the ring holds: a bucket of its own (rare: very long invocations).
-        let mut values = self.fresh();
-        add(&mut values);
+        let mut values = self.kind.fresh();
+        values.add(value, 1);
         slots.spilled.push((second, values));
     }
 

@@ -99,7 +99,8 @@ data = cw.get_metric_data(StartTime=start, EndTime=end, MetricDataQueries=[
 ])["MetricDataResults"]
 assert [r["Id"] for r in data] == ["inv", "p99"] and data[1]["Label"] == "tail", data
 assert sum(data[0]["Values"]) == 45 and data[0]["StatusCode"] == "Complete", data
-assert all(40 <= v < 90 for v in data[1]["Values"][:1]) or len(data[1]["Values"]) > 1, data
+# Under 100 values a bucket's p99 is its maximum: the bucket holding a 40 ms call shows it.
+assert data[1]["Values"] and 40 <= max(data[1]["Values"]) < 90, data
 metrics = cw.list_metrics(Namespace="AWS/Lambda", Dimensions=[{"Name": "FunctionName", "Value": "timed"}])["Metrics"]
 names = {m["MetricName"] for m in metrics}
 assert {"Invocations", "Errors", "Duration", "Throttles", "ConcurrentExecutions", "ColdStarts"} <= names, names
