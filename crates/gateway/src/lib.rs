@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod async_queue;
+mod audit;
 mod cloudwatch;
 mod control;
 mod error;
@@ -223,6 +224,13 @@ impl Gateway {
                 "/rampart/v1/functions/{name}/dlq",
                 get(manage::dead_letters).delete(manage::purge_dead_letters),
             )
+            .route("/rampart/v1/audit", get(audit::list))
+            .route("/rampart/v1/audit/verify", get(audit::verify))
+            // After the routes: it needs the matched route to name the action.
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                audit::record,
+            ))
             .fallback(|| async { ApiError::not_found("no such API path") })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .with_state(self.clone())

@@ -161,6 +161,11 @@ enum Command {
         after_help = "Examples:\n  rampart dlq list counter\n  rampart dlq show 6f1c...\n  rampart dlq replay counter --all\n  rampart dlq purge counter"
     )]
     Dlq(DlqCommand),
+    /// List the audit trail of control-plane actions, or verify its hash chain.
+    #[command(
+        after_help = "Examples:\n  rampart audit --since 24h\n  rampart audit --action CreateFunction20150331\n  rampart audit verify"
+    )]
+    Audit(AuditArgs),
     /// Print a function's logs.
     #[command(
         after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c..."
@@ -177,6 +182,31 @@ enum Command {
         /// Only the lines of one invocation.
         #[arg(long)]
         request: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+    /// Only records newer than this (e.g. 30m, 24h).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<std::time::Duration>,
+    /// Only records of one action (e.g. CreateFunction20150331, PutApi).
+    #[arg(long)]
+    action: Option<String>,
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain: exits 1 naming each edited, removed or reordered record.
+    #[command(after_help = "Example:\n  rampart audit verify")]
+    Verify {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -384,6 +414,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Functions(command) => functions(command).await,
         Command::Keys(command) => keys(command).await,
         Command::Dlq(command) => dlq(command).await,
+        Command::Audit(args) => audit(args).await,
         Command::Plans(command) => plans(command).await,
         Command::Logs {
             function,
@@ -562,6 +593,73 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
             client.delete_function(&function).await?;
             println!("deleted {function}");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(args: AuditArgs) -> Result<ExitCode> {
+    use reqwest::Method;
+    if let Some(AuditCommand::Verify { endpoint }) = args.command {
+        let client = Client::new(&endpoint.endpoint)?;
+        let check = client
+            .manage(
+                Method::GET,
+                "/rampart/v1/audit/verify",
+                None,
+                "verifying the audit trail",
+            )
+            .await?;
+        let problems = check["problems"].as_array().cloned().unwrap_or_default();
+        if problems.is_empty() {
+            println!(
+                "audit trail intact: {} records, head {}",
+                check["records"],
+                check["head"].as_str().unwrap_or("(empty)")
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("audit trail broken:");
+        for p in problems {
+            eprintln!("  {}", p.as_str().unwrap_or_default());
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let client = Client::new(&args.endpoint.endpoint)?;
+    let mut query = Vec::new();
+    if let Some(since) = args.since {
+        let since_ms = jiff::Timestamp::now().as_millisecond() - since.as_millis() as i64;
+        query.push(format!("since_ms={since_ms}"));
+    }
+    if let Some(action) = &args.action {
+        if !action.chars().all(|c| c.is_ascii_alphanumeric()) {
+            anyhow::bail!("--action takes an action name such as CreateFunction20150331");
+        }
+        query.push(format!("action={action}"));
+    }
+    let list = client
+        .manage(
+            Method::GET,
+            &format!("/rampart/v1/audit?{}", query.join("&")),
+            None,
+            "reading the audit trail",
+        )
+        .await?;
+    println!(
+        "{:>5}  {:<24}  {:<38} {:<20} {:<28} {:<12} SOURCE",
+        "SEQ", "TIME", "ACTION", "RESOURCE", "RESULT", "PRINCIPAL"
+    );
+    for r in list["records"].as_array().into_iter().flatten() {
+        let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+        println!(
+            "{:>5}  {:<24}  {:<38} {:<20} {:<28} {:<12} {}",
+            r["seq"],
+            text("time"),
+            text("action"),
+            text("resource"),
+            text("result"),
+            text("principal"),
+            text("source")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -178,7 +178,10 @@ pub async fn start(options: Options) -> Result<Running> {
     let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));
 
     let http_stop = CancellationToken::new();
-    let router = gateway.router();
+    // Peer addresses go into the audit trail.
+    let router = gateway
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod apis;
+mod audit;
 mod code;
 mod functions;
 mod keys;
@@ -15,6 +16,7 @@ mod metrics;
 mod queue;
 mod sqlite;
 
+pub use audit::{AuditCheck, AuditRecord, NewAuditRecord};
 pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
 pub use keys::{ApiKey, Quota};

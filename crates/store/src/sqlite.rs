@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_event_invoke_configs.sql"),
     include_str!("migrations/0007_idempotency.sql"),
     include_str!("migrations/0008_metrics.sql"),
+    include_str!("migrations/0009_audit.sql"),
 ];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.

@@ -2,6 +2,7 @@
 //! clients.
 
 mod async_queue;
+mod audit;
 mod clients;
 mod control;
 mod failures;
