@@ -224,6 +224,7 @@ impl Gateway {
                 "/rampart/v1/functions/{name}/dlq",
                 get(manage::dead_letters).delete(manage::purge_dead_letters),
             )
+            .route("/metrics", get(manage::prometheus))
             .route("/rampart/v1/audit", get(audit::list))
             .route("/rampart/v1/audit/verify", get(audit::verify))
             // After the routes: it needs the matched route to name the action.

@@ -332,3 +332,24 @@ pub(crate) async fn dead_letters(
     let dead: Vec<Value> = dead.into_iter().map(dead_letter_json).collect();
     Ok(Json(json!({ "dead_letters": dead })))
 }
+
+/// `GET /metrics`: Prometheus text, or OpenMetrics when the scraper accepts it.
+pub(crate) async fn prometheus(
+    State(gateway): State<Arc<Gateway>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let openmetrics = headers
+        .get("accept")
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        gateway.telemetry.prometheus(openmetrics),
+    )
+        .into_response()
+}

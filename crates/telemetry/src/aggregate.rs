@@ -142,6 +142,14 @@ impl Aggregate {
         Some(value.clamp(self.min, self.max))
     }
 
+    /// How many values are at most `value` (to the histogram's precision), when a histogram
+    /// exists.
+    pub fn count_at_most(&self, value: f64) -> Option<u64> {
+        let hist = self.hist.as_ref()?;
+        let scaled = (value * SCALE).clamp(0.0, MAX_SCALED) as u64;
+        Some(hist.count_between(0, scaled))
+    }
+
     /// `Sum / SampleCount`.
     pub fn average(&self) -> f64 {
         if self.is_empty() {

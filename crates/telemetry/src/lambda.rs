@@ -75,13 +75,13 @@ impl FunctionMeters {
                 .collect();
             Meter(series)
         };
-        use Kind::{Counter, Distribution};
+        use Kind::{Counter, Distribution, Gauge};
         Self {
             invocations: meter("Invocations", "Count", Counter),
             errors: meter("Errors", "Count", Counter),
             throttles: meter("Throttles", "Count", Counter),
             duration: meter("Duration", "Milliseconds", Distribution),
-            concurrent_executions: meter("ConcurrentExecutions", "Count", Counter),
+            concurrent_executions: meter("ConcurrentExecutions", "Count", Gauge),
             cold_starts: meter("ColdStarts", "Count", Counter),
             init_duration: meter("InitDuration", "Milliseconds", Distribution),
             timeouts: meter("Timeouts", "Count", Counter),
@@ -111,7 +111,7 @@ impl LambdaMetrics {
         let account_concurrency = recorder.series(
             SeriesKey::new(LAMBDA_NAMESPACE, "ConcurrentExecutions", vec![]),
             "Count",
-            Kind::Counter,
+            Kind::Gauge,
         );
         Self {
             recorder,

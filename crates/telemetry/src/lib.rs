@@ -8,6 +8,7 @@
 
 mod aggregate;
 mod lambda;
+mod prometheus;
 mod recorder;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::time::Duration;
 pub use aggregate::Aggregate;
 pub use lambda::{FunctionMeters, LAMBDA_NAMESPACE, LambdaMetrics, Meter};
 use rampart_store::{MetricPoint, SeriesKey, Store, StoredPoint};
-pub use recorder::{Kind, Recorder, Series};
+pub use recorder::{Kind, Recorder, Series, Totals};
 use tokio_util::sync::CancellationToken;
 
 /// How long rollups are kept.
@@ -267,6 +268,11 @@ impl Telemetry {
                 });
         }
         Ok(buckets.into_values().collect())
+    }
+
+    /// The function metrics in Prometheus text format, or OpenMetrics when `openmetrics`.
+    pub fn prometheus(&self, openmetrics: bool) -> String {
+        prometheus::render(&self.recorder, openmetrics)
     }
 
     /// The store the series live in (listing series).

@@ -19,13 +19,15 @@ pub enum Kind {
     Counter,
     /// Values whose percentiles matter (Duration, custom metrics).
     Distribution,
+    /// A level (ConcurrentExecutions): Prometheus shows the last value.
+    Gauge,
 }
 
 impl Kind {
     /// An empty aggregate for values of this kind.
     fn fresh(self) -> Aggregate {
         match self {
-            Kind::Counter => Aggregate::without_histogram(),
+            Kind::Counter | Kind::Gauge => Aggregate::without_histogram(),
             Kind::Distribution => Aggregate::empty(),
         }
     }
@@ -38,6 +40,10 @@ struct Slot {
 
 struct Slots {
     ring: Vec<Slot>,
+    /// Every value since the series was created (Prometheus).
+    total: Aggregate,
+    /// The newest value (a gauge's level).
+    last: f64,
     /// Buckets pushed out of the ring before the flusher took them, and values older than it.
     spilled: Vec<(i64, Aggregate)>,
 }
@@ -66,6 +72,8 @@ impl Series {
             enabled,
             slots: Mutex::new(Slots {
                 ring,
+                total: kind.fresh(),
+                last: 0.0,
                 spilled: Vec::new(),
             }),
         }
@@ -77,6 +85,8 @@ impl Series {
             return;
         }
         let mut slots = self.slots.lock().expect("metric series lock poisoned");
+        slots.total.add(value, 1);
+        slots.last = value;
         let index = second.rem_euclid(RING as i64) as usize;
         let slot = &mut slots.ring[index];
         if slot.second == second {
@@ -116,6 +126,21 @@ impl Series {
     }
 }
 
+/// A series' lifetime totals, as Prometheus shows them.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    /// The series.
+    pub key: SeriesKey,
+    /// Its unit.
+    pub unit: String,
+    /// How it is shown.
+    pub kind: Kind,
+    /// Every value so far.
+    pub values: Aggregate,
+    /// The newest value.
+    pub last: f64,
+}
+
 /// Series by key and unit.
 type SeriesMap = HashMap<(SeriesKey, String), Arc<Series>>;
 
@@ -152,6 +177,32 @@ impl Recorder {
             .clone()
     }
 
+    /// Lifetime totals of every series, by key.
+    pub fn totals(&self) -> Vec<Totals> {
+        let all: Vec<Arc<Series>> = self
+            .series
+            .lock()
+            .expect("metric registry lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<Totals> = all
+            .iter()
+            .map(|s| {
+                let slots = s.slots.lock().expect("metric series lock poisoned");
+                Totals {
+                    key: s.key.clone(),
+                    unit: s.unit.clone(),
+                    kind: s.kind,
+                    values: slots.total.clone(),
+                    last: slots.last,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
     /// The closed buckets (seconds before `before`) of every series, by series.
     pub fn drain(&self, before: i64) -> Vec<(SeriesKey, Vec<MetricPoint>)> {
         let all: Vec<Arc<Series>> = self
@@ -170,6 +221,14 @@ impl Recorder {
             }
         }
         out
+    }
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
     }
 }
 

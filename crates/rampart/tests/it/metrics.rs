@@ -291,3 +291,84 @@ async fn async_events_are_metered_from_acceptance_to_drop() {
     let (ok, output) = run_python(&script, &[&server.endpoint]);
     assert!(ok && output.contains("async metrics ok"), "{output}");
 }
+
+/// `promtool check metrics` on what `GET /metrics` serves (the Debian `prometheus` package).
+fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_exposition_passes_promtool() {
+    let server = Server::start();
+    server
+        .deploy(
+            "scraped",
+            "python3.12",
+            "app.handler",
+            &[("app.py", "def handler(e, c):\n    return e\n")],
+            json!({}),
+        )
+        .await;
+    for _ in 0..3 {
+        assert_eq!(server.invoke("scraped", "{}").await.status, 200);
+    }
+    let r = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("rampart_lambda_invocations_total{function_name=\"scraped\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("rampart_lambda_duration_seconds_count{function_name=\"scraped\"} 3"));
+    assert!(text.contains("rampart_lambda_cold_starts_total{function_name=\"scraped\"} 1"));
+    assert!(text.contains(
+        "rampart_lambda_duration_seconds_bucket{function_name=\"scraped\",le=\"+Inf\"} 3\n"
+    ));
+    let (ok, report) = promtool_check(&text);
+    assert!(ok && report.trim().is_empty(), "promtool: {report}\n{text}");
+    let open = server
+        .http
+        .get(server.url("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        open.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(open.text().await.unwrap().ends_with("# EOF\n"));
+}
