@@ -91,11 +91,13 @@ impl Client {
             .await
             .with_context(|| format!("{what}: could not reach the server at {}", self.base))?;
         let status = response.status();
+        // Lambda names the error in `x-amzn-ErrorType`, CloudWatch in `x-amzn-query-error`.
         let code = response
             .headers()
             .get("x-amzn-errortype")
+            .or_else(|| response.headers().get("x-amzn-query-error"))
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(|v| v.split(';').next().unwrap_or(v).to_owned());
         let bytes = response
             .bytes()
             .await
@@ -233,6 +235,22 @@ impl Client {
             request = request.json(&body);
         }
         self.call(request, what).await
+    }
+
+    /// A CloudWatch call (awsJson 1.0, as boto3 makes it).
+    pub async fn cloudwatch(&self, operation: &str, input: &Value) -> Result<Value> {
+        self.call(
+            self.http
+                .post(self.url("/"))
+                .header(
+                    "x-amz-target",
+                    format!("GraniteServiceVersion20100801.{operation}"),
+                )
+                .header("content-type", "application/x-amz-json-1.0")
+                .body(input.to_string()),
+            &format!("calling CloudWatch {operation}"),
+        )
+        .await
     }
 
     /// Creates or replaces an HTTP API.

@@ -6,6 +6,7 @@ mod client;
 mod deploy;
 mod manifest;
 mod server;
+mod watch;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -161,6 +162,47 @@ enum Command {
         after_help = "Examples:\n  rampart dlq list counter\n  rampart dlq show 6f1c...\n  rampart dlq replay counter --all\n  rampart dlq purge counter"
     )]
     Dlq(DlqCommand),
+    /// Print one metric of a function as a table and a sparkline.
+    #[command(
+        after_help = "Examples:\n  rampart metrics counter\n  rampart metrics counter --metric Duration --stat p99 --period 1m --since 1h\n  rampart metrics counter-monitored --namespace counter --metric counter --stat Maximum --dimension operation=increment"
+    )]
+    Metrics {
+        /// The function.
+        function: String,
+        /// The metric (Invocations, Errors, Throttles, Duration, ConcurrentExecutions,
+        /// ColdStarts, InitDuration, Timeouts, the async metrics, or a custom one).
+        #[arg(long, default_value = "Invocations")]
+        metric: String,
+        /// Sum, Average, Minimum, Maximum, SampleCount or a percentile such as p99.
+        #[arg(long, default_value = "Sum")]
+        stat: String,
+        /// Bucket length (1s, 5s, 10s, 20s, 30s or whole minutes).
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        period: std::time::Duration,
+        /// How far back.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: std::time::Duration,
+        /// The namespace; custom namespaces take their dimensions from --dimension.
+        #[arg(long, default_value = "AWS/Lambda")]
+        namespace: String,
+        /// A dimension `Name=Value` (repeatable).
+        #[arg(long)]
+        dimension: Vec<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Live per-function request and error rates, p99 duration, concurrency and instances.
+    #[command(after_help = "Examples:\n  rampart top\n  rampart top --once")]
+    Top {
+        /// How often the table is redrawn.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Print the table once and exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
     /// List the audit trail of control-plane actions, or verify its hash chain.
     #[command(
         after_help = "Examples:\n  rampart audit --since 24h\n  rampart audit --action CreateFunction20150331\n  rampart audit verify"
@@ -415,6 +457,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(command) => keys(command).await,
         Command::Dlq(command) => dlq(command).await,
         Command::Audit(args) => audit(args).await,
+        Command::Metrics {
+            function,
+            metric,
+            stat,
+            period,
+            since,
+            namespace,
+            dimension,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let request = watch::MetricRequest {
+                function,
+                namespace,
+                metric,
+                stat,
+                period,
+                since,
+                dimensions: dimension,
+            };
+            watch::metrics(&client, request).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top {
+            interval,
+            once,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            watch::top(&client, interval, once).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plans(command) => plans(command).await,
         Command::Logs {
             function,

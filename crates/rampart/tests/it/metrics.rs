@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::harness::{Server, run_python};
+use crate::harness::{Server, rampart_cli, run_python};
 
 /// Shared by the scripts: a CloudWatch client on the server and a poll for a condition.
 const PRELUDE: &str = r#"
@@ -155,6 +155,51 @@ async fn lambda_metrics_follow_a_known_invocation_pattern() {
     let script = format!("{PRELUDE}{LAMBDA_METRICS}");
     let (ok, output) = run_python(&script, &[&server.endpoint]);
     assert!(ok && output.contains("lambda metrics ok"), "{output}");
+
+    // The CLI reads the same series: a table whose values add up, and a sparkline.
+    let (ok, out, err) = rampart_cli(
+        &server.endpoint,
+        &[
+            "metrics",
+            "timed",
+            "--metric",
+            "Invocations",
+            "--stat",
+            "Sum",
+            "--since",
+            "10m",
+        ],
+    );
+    assert!(ok, "{err}");
+    let total: f64 = out
+        .lines()
+        .filter(|l| l.starts_with("20"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, 45.0, "{out}");
+    assert!(
+        out.lines().last().unwrap().contains(['▁', '▅', '█']),
+        "{out}"
+    );
+    let (ok, out, err) = rampart_cli(
+        &server.endpoint,
+        &[
+            "metrics", "timed", "--metric", "Duration", "--stat", "p99", "--period", "10s",
+            "--since", "5m",
+        ],
+    );
+    assert!(ok && out.contains("Milliseconds"), "{out}{err}");
+    let (ok, _, err) = rampart_cli(&server.endpoint, &["metrics", "timed", "--stat", "median"]);
+    assert!(!ok && err.contains("not a statistic"), "{err}");
+    let (ok, _, err) = rampart_cli(&server.endpoint, &["metrics", "timed", "--period", "7s"]);
+    assert!(!ok && err.contains("InvalidParameterValue"), "{err}");
+    // `top` lists every function; the loaded one first once it has a rate.
+    let (ok, out, err) = rampart_cli(&server.endpoint, &["top", "--once"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("FUNCTION") && out.contains("timed") && out.contains("slow"),
+        "{out}"
+    );
 }
 
 const CUSTOM_METRICS: &str = r#"
