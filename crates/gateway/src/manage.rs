@@ -17,7 +17,8 @@ use crate::{ApiError, Gateway, RouteTable};
 /// Most lines one logs request returns.
 const MAX_LOG_LINES: usize = 10_000;
 
-/// `GET /rampart/v1/functions/{name}/logs?since_ms=&after_id=&request_id=&limit=`
+/// `GET /rampart/v1/functions/{name}/logs?since_ms=&until_ms=&after_id=&request_id=&filter=&level=&limit=`
+/// (`filter`: lines containing the text; `level`: lines logged at that level or worse).
 pub(crate) async fn logs(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -33,14 +34,25 @@ pub(crate) async fn logs(
             .transpose()
     };
     let limit = number("limit")?.map_or(1000, |l| l.clamp(1, MAX_LOG_LINES as i64) as usize);
+    let levels = match query.get("level") {
+        None => Vec::new(),
+        Some(level) => rampart_store::levels_from(level).ok_or_else(|| {
+            ApiError::invalid_parameter(format!(
+                "level '{level}' is not one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL"
+            ))
+        })?,
+    };
     let lines = gateway
         .registry
         .store()
         .query_logs(LogQuery {
             function: name,
             since_ms: number("since_ms")?,
+            until_ms: number("until_ms")?,
             after_id: number("after_id")?,
             request_id: query.get("request_id").cloned(),
+            contains: query.get("filter").filter(|f| !f.is_empty()).cloned(),
+            levels,
             limit,
         })
         .await?;

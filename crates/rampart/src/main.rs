@@ -210,7 +210,7 @@ enum Command {
     Audit(AuditArgs),
     /// Print a function's logs.
     #[command(
-        after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c..."
+        after_help = "Examples:\n  rampart logs counter --since 10m\n  rampart logs counter --follow\n  rampart logs counter --request 6f1c...\n  rampart logs counter --level error --since 2026-11-25T10:00:00Z --until 1h\n  rampart logs counter --filter timeout"
     )]
     Logs {
         /// The function.
@@ -218,12 +218,21 @@ enum Command {
         /// Keep printing new lines as they arrive.
         #[arg(long, short)]
         follow: bool,
-        /// Only lines newer than this (e.g. 30s, 10m, 2h).
-        #[arg(long, value_parser = parse_duration)]
-        since: Option<std::time::Duration>,
+        /// Only lines from this time on: an age (30s, 10m, 2h) or a time (2026-11-25T10:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<jiff::Timestamp>,
+        /// Only lines before this time: an age or a time, as --since.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<jiff::Timestamp>,
         /// Only the lines of one invocation.
         #[arg(long)]
         request: Option<String>,
+        /// Only lines containing this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only lines logged at this level or worse (TRACE, DEBUG, INFO, WARN, ERROR, FATAL).
+        #[arg(long)]
+        level: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -494,9 +503,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             function,
             follow,
             since,
+            until,
             request,
+            filter,
+            level,
             endpoint,
-        } => logs(&endpoint.endpoint, &function, follow, since, request).await,
+        } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            let params = [
+                ("since_ms", since.map(|t| t.as_millisecond().to_string())),
+                ("until_ms", until.map(|t| t.as_millisecond().to_string())),
+                ("request_id", request),
+                ("filter", filter),
+                ("level", level),
+            ];
+            for (key, value) in params {
+                if let Some(value) = value {
+                    query.push((key, value));
+                }
+            }
+            logs(&endpoint.endpoint, &function, follow, query).await
+        }
     }
 }
 
@@ -935,23 +962,28 @@ async fn plans(command: PlansCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A time given as an age (`10m`: ten minutes ago) or as an RFC 3339 time.
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let age = parse_duration(text).map_err(|_| {
+        format!("'{text}' is neither an age (10m, 2h) nor a time (2026-11-25T10:00:00Z)")
+    })?;
+    let age = jiff::SignedDuration::try_from(age).map_err(|e| e.to_string())?;
+    jiff::Timestamp::now()
+        .checked_sub(age)
+        .map_err(|e| format!("'{text}' reaches too far back: {e}"))
+}
+
 async fn logs(
     endpoint: &str,
     function: &str,
     follow: bool,
-    since: Option<std::time::Duration>,
-    request: Option<String>,
+    query: Vec<(&str, String)>,
 ) -> Result<ExitCode> {
     let client = Client::new(endpoint)?;
     let mut signals = server::Signals::install()?;
-    let mut query: Vec<(&str, String)> = Vec::new();
-    if let Some(since) = since {
-        let from = jiff::Timestamp::now().as_millisecond() - since.as_millis() as i64;
-        query.push(("since_ms", from.to_string()));
-    }
-    if let Some(r) = request {
-        query.push(("request_id", r));
-    }
     let mut after: Option<i64> = None;
     loop {
         let mut q = query.clone();

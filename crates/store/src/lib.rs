@@ -20,7 +20,7 @@ pub use audit::{AuditCheck, AuditRecord, NewAuditRecord};
 pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
 pub use keys::{ApiKey, Quota};
-pub use logs::{LogLine, LogQuery};
+pub use logs::{LogLine, LogQuery, levels_from};
 pub use metrics::{MetricPoint, SeriesInfo, SeriesKey, StoredPoint};
 pub use queue::{DeadLetter, NewEvent, QueuedEvent};
 pub use sqlite::Store;

@@ -189,3 +189,60 @@ async fn up_rejects_a_bad_manifest_before_serving() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_filter_by_level_text_and_time() {
+    let server = Server::start();
+    let code = "def handler(event, context):\n    print('[ERROR] db down')\n    print('[INFO] fine')\n    print('{\"level\": \"WARN\", \"message\": \"slow\"}')\n    print('plain words')\n    return {}\n";
+    server
+        .deploy(
+            "chatty",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(server.invoke("chatty", "{}").await.status, 200);
+    let ep = server.endpoint.clone();
+    server
+        .eventually_static(
+            "the lines to be stored",
+            std::time::Duration::from_secs(5),
+            || rampart(&ep, &["logs", "chatty"]).1.contains("plain words"),
+        )
+        .await;
+    let (ok, out, err) = rampart(&ep, &["logs", "chatty", "--level", "warn"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("db down") && out.contains("slow"), "{out}");
+    assert!(
+        !out.contains("fine") && !out.contains("plain") && !out.contains("REPORT"),
+        "{out}"
+    );
+    let (ok, out, _) = rampart(&ep, &["logs", "chatty", "--filter", "down"]);
+    assert!(
+        ok && out.lines().count() == 1 && out.contains("db down"),
+        "{out}"
+    );
+    let (ok, out, _) = rampart(&ep, &["logs", "chatty", "--until", "1h"]);
+    assert!(ok && out.is_empty(), "nothing is older than an hour: {out}");
+    let (ok, out, _) = rampart(
+        &ep,
+        &[
+            "logs",
+            "chatty",
+            "--since",
+            "2020-01-01T00:00:00Z",
+            "--filter",
+            "fine",
+        ],
+    );
+    assert!(ok && out.contains("[INFO] fine"), "{out}");
+    let (ok, _, err) = rampart(&ep, &["logs", "chatty", "--since", "yesterday"]);
+    assert!(!ok && err.contains("neither an age"), "{err}");
+    let (ok, _, err) = rampart(&ep, &["logs", "chatty", "--level", "loud"]);
+    assert!(
+        !ok && err.contains("InvalidParameterValueException"),
+        "{err}"
+    );
+}
