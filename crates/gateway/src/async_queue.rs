@@ -20,7 +20,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use rampart_telemetry::trace::SpanKind;
+
 use crate::Gateway;
+use crate::spans::Traced;
 
 /// How asynchronous events are delivered.
 #[derive(Debug, Clone)]
@@ -214,20 +217,12 @@ impl Gateway {
                 .await;
             return;
         };
+        let traced = Traced::resume(event.trace.as_deref());
         let request = InvokeRequest {
             request_id: event.id.clone(),
             payload: Bytes::from(event.payload.clone()),
             invoked_arn: rampart_model::function_arn(&self.region, &event.function, None),
-            trace_id: format!(
-                "Root=1-{:08x}-{}",
-                jiff::Timestamp::now().as_second(),
-                &event
-                    .id
-                    .replace('-', "")
-                    .chars()
-                    .take(24)
-                    .collect::<String>()
-            ),
+            trace_id: traced.function_header(),
             client_context: None,
             tail: false,
         };
@@ -237,6 +232,21 @@ impl Gateway {
             .async_event_age
             .record(started, (now_ms() - event.enqueued_ms) as f64);
         let result = self.dispatcher.invoke_background(spec, request).await;
+        // A throttled delivery goes back to the queue: only deliveries that ran are traced.
+        if let Ok(outcome) = &result {
+            traced.finish(
+                self.telemetry.tracer(),
+                format!("Deliver {}", event.function),
+                SpanKind::Consumer,
+                vec![
+                    ("faas.name", event.function.clone()),
+                    ("faas.invocation_id", event.id.clone()),
+                    ("faas.attempt", (event.attempts + 1).to_string()),
+                ],
+                Some(outcome),
+                Some(event.enqueued_ms),
+            );
+        }
         let result_kind = result.as_ref().ok().map(|o| !o.function_error);
         let id = event.id.clone();
         let age = now_ms() - event.enqueued_ms;

@@ -19,6 +19,8 @@ use crate::Gateway;
 use crate::keys::Refusal;
 use crate::proxy_event::{HttpRequest, event_v1, event_v2};
 use crate::routes::Matched;
+use crate::spans::Traced;
+use rampart_telemetry::trace::SpanKind;
 
 /// API Gateway's request body limit.
 const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -248,18 +250,8 @@ async fn route_request(
         return function_failed(format);
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let trace_id = parts
-        .headers
-        .get("x-amzn-trace-id")
-        .and_then(|t| t.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "Root=1-{:08x}-{}",
-                jiff::Timestamp::now().as_second(),
-                &request_id.replace('-', "")[..24]
-            )
-        });
+    let traced = Traced::begin(&parts.headers);
+    let trace_id = traced.function_header();
     let request = HttpRequest {
         trace_id: &trace_id,
         method: parts.method.as_str(),
@@ -284,7 +276,15 @@ async fn route_request(
         }
     };
     if matched.route.spec.asynchronous {
-        return enqueue_route_event(gateway, &function, &deployed.spec, event, request_id).await;
+        return enqueue_route_event(
+            gateway,
+            &function,
+            &deployed.spec,
+            event,
+            request_id,
+            &traced,
+        )
+        .await;
     }
     if event.len() > rampart_model::MAX_SYNC_PAYLOAD_BYTES {
         return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
@@ -312,7 +312,20 @@ async fn route_request(
     let running = gateway
         .dispatcher
         .invoke_detachable(deployed.spec.clone(), invoke);
-    let outcome = match tokio::time::timeout(integration_timeout, running).await {
+    let result = tokio::time::timeout(integration_timeout, running).await;
+    traced.finish(
+        gateway.telemetry.tracer(),
+        matched.route.spec.route.clone(),
+        SpanKind::Server,
+        vec![
+            ("faas.name", function.clone()),
+            ("faas.invocation_id", request_id.clone()),
+            ("http.route", matched.route.spec.route.clone()),
+        ],
+        result.as_ref().ok().and_then(|r| r.as_ref().ok()),
+        None,
+    );
+    let outcome = match result {
         Err(_) => {
             return match format {
                 PayloadFormat::V1 => {
@@ -359,6 +372,7 @@ async fn enqueue_route_event(
     spec: &rampart_runtime::FunctionSpec,
     event: Bytes,
     request_id: String,
+    traced: &Traced,
 ) -> Response {
     if event.len() > rampart_model::MAX_ASYNC_PAYLOAD_BYTES {
         return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
@@ -372,6 +386,7 @@ async fn enqueue_route_event(
             qualifier: spec.version_label.to_string(),
             payload: event.to_vec(),
             enqueued_ms: jiff::Timestamp::now().as_millisecond(),
+            trace: Some(traced.event_header()),
         })
         .await;
     if let Err(e) = stored {
@@ -380,6 +395,17 @@ async fn enqueue_route_event(
     }
     gateway.queue_wakeup.notify_one();
     gateway.event_received(function, &spec.version_label);
+    traced.finish(
+        gateway.telemetry.tracer(),
+        format!("Enqueue {function}"),
+        SpanKind::Producer,
+        vec![
+            ("faas.name", function.to_owned()),
+            ("faas.invocation_id", request_id.clone()),
+        ],
+        None,
+        None,
+    );
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "requestId": request_id })),

@@ -15,6 +15,9 @@ use rampart_model::{
 };
 use rampart_runtime::{FunctionSpec, InvokeError, InvokeRequest};
 
+use rampart_telemetry::trace::SpanKind;
+
+use crate::spans::Traced;
 use crate::{ApiError, Gateway};
 
 /// Rampart's header for deduplicating asynchronous invocations (not a Lambda feature): a second
@@ -110,6 +113,7 @@ pub(crate) async fn invoke(
         }
     };
     let target = resolve(&gateway, &name, query.get("Qualifier").map(String::as_str)).await?;
+    let traced = Traced::begin(&headers);
     match invocation_type {
         "RequestResponse" => {}
         "DryRun" => return Ok(StatusCode::NO_CONTENT.into_response()),
@@ -125,6 +129,7 @@ pub(crate) async fn invoke(
                 qualifier: target.spec.version_label.to_string(),
                 payload: payload.to_vec(),
                 enqueued_ms: now,
+                trace: Some(traced.event_header()),
             };
             let request_id = match header(&headers, IDEMPOTENCY_HEADER) {
                 Some(key) => {
@@ -144,6 +149,17 @@ pub(crate) async fn invoke(
             };
             gateway.queue_wakeup.notify_one();
             gateway.event_received(&target.name, &target.spec.version_label);
+            traced.finish(
+                gateway.telemetry.tracer(),
+                format!("Enqueue {}", target.name),
+                SpanKind::Producer,
+                vec![
+                    ("faas.name", target.name.clone()),
+                    ("faas.invocation_id", request_id.clone()),
+                ],
+                None,
+                None,
+            );
             let mut response = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert("x-amzn-requestid", v);
@@ -160,8 +176,7 @@ pub(crate) async fn invoke(
         .map(decode_client_context)
         .transpose()?;
     let payload = read_payload(body, MAX_SYNC_PAYLOAD_BYTES).await?;
-    let request_uuid = uuid::Uuid::new_v4();
-    let request_id = request_uuid.to_string();
+    let request_id = uuid::Uuid::new_v4().to_string();
     // The ARN in the form the caller addressed the function (runtime-api.md §3.1).
     let qualifier_text = target.qualifier.to_string();
     let invoked_arn = function_arn(
@@ -169,33 +184,41 @@ pub(crate) async fn invoke(
         &target.name,
         target.explicit.then_some(qualifier_text.as_str()),
     );
-    let trace_id = header(&headers, "x-amzn-trace-id")
-        .map(str::to_owned)
-        .unwrap_or_else(|| new_trace_id(&request_uuid));
     let request = InvokeRequest {
         request_id: request_id.clone(),
         payload,
         invoked_arn,
-        trace_id,
+        trace_id: traced.function_header(),
         client_context,
         tail,
     };
     let limited = target.spec.config.max_concurrency.is_some();
-    let outcome = gateway
+    let result = gateway
         .dispatcher
         .invoke(target.spec.clone(), request)
-        .await
-        .map_err(|e| match e {
-            InvokeError::Throttled { retry_after } => ApiError::throttled(
-                if limited {
-                    "ReservedFunctionConcurrentInvocationLimitExceeded"
-                } else {
-                    "ConcurrentInvocationLimitExceeded"
-                },
-                retry_after,
-            ),
-            InvokeError::ShuttingDown => ApiError::shutting_down(),
-        })?;
+        .await;
+    traced.finish(
+        gateway.telemetry.tracer(),
+        format!("Invoke {}", target.name),
+        SpanKind::Server,
+        vec![
+            ("faas.name", target.name.clone()),
+            ("faas.invocation_id", request_id.clone()),
+        ],
+        result.as_ref().ok(),
+        None,
+    );
+    let outcome = result.map_err(|e| match e {
+        InvokeError::Throttled { retry_after } => ApiError::throttled(
+            if limited {
+                "ReservedFunctionConcurrentInvocationLimitExceeded"
+            } else {
+                "ConcurrentInvocationLimitExceeded"
+            },
+            retry_after,
+        ),
+        InvokeError::ShuttingDown => ApiError::shutting_down(),
+    })?;
     let mut response = Response::new(Body::from(outcome.body));
     let h = response.headers_mut();
     let content_type = outcome
@@ -259,16 +282,4 @@ fn decode_client_context(encoded: &str) -> Result<String, ApiError> {
     let text = String::from_utf8(decoded).map_err(|_| bad())?;
     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).map_err(|_| bad())?;
     Ok(text)
-}
-
-/// A new X-Ray trace header, `Root=1-<8 hex epoch secs>-<24 hex>;Parent=<16 hex>;Sampled=0`,
-/// its random parts taken from the (random) request id rather than from more entropy.
-fn new_trace_id(request_uuid: &uuid::Uuid) -> String {
-    let secs = jiff::Timestamp::now().as_second();
-    let hex = request_uuid.simple().to_string();
-    format!(
-        "Root=1-{secs:08x}-{};Parent={};Sampled=0",
-        &hex[..24],
-        &hex[16..]
-    )
 }

@@ -18,6 +18,7 @@ mod manage;
 mod proxy_event;
 mod registry;
 mod routes;
+mod spans;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Record metrics (`off` keeps only logs; the CloudWatch API still takes custom metrics).
     #[arg(long, env = "RAMPART_TELEMETRY", default_value = "on", value_parser = ["on", "off"])]
     telemetry: String,
+    /// Export spans over OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "RAMPART_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// How long 1-second metric points are kept (CloudWatch: 3 hours).
     #[arg(long, env = "RAMPART_METRICS_SECONDS_RETENTION", default_value = "3h", value_parser = parse_duration)]
     metrics_seconds_retention: std::time::Duration,
@@ -540,6 +543,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         force_rlimit: args.sandbox == "rlimit",
         init_timeout: args.init_timeout,
         telemetry: args.telemetry == "on",
+        otlp_endpoint: args.otlp_endpoint,
         metrics_retention: rampart_telemetry::Retention {
             seconds: args.metrics_seconds_retention,
             minutes: args.metrics_minutes_retention,

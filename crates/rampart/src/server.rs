@@ -11,6 +11,7 @@ use rampart_gateway::{Gateway, Registry};
 use rampart_runtime::{Dispatcher, Launcher, LogRecord, Sandbox, Settings};
 use rampart_store::{CodeStore, LogLine, Store};
 use rampart_telemetry::Telemetry;
+use rampart_telemetry::trace::Tracer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +43,8 @@ pub struct Options {
     pub async_settings: rampart_gateway::AsyncSettings,
     /// Record metrics.
     pub telemetry: bool,
+    /// Where spans are exported (OTLP/HTTP), if anywhere.
+    pub otlp_endpoint: Option<String>,
     /// How long metric rollups are kept.
     pub metrics_retention: rampart_telemetry::Retention,
 }
@@ -132,7 +135,19 @@ pub async fn start(options: Options) -> Result<Running> {
     let http_addr = http_listener
         .local_addr()
         .context("reading the bound HTTP address")?;
-    let telemetry = Telemetry::new(store.clone(), options.telemetry, options.metrics_retention);
+    let (tracer, exporter) = match &options.otlp_endpoint {
+        Some(endpoint) => {
+            let (tracer, exporter) = Tracer::otlp(endpoint);
+            (tracer, Some(exporter))
+        }
+        None => (Tracer::disabled(), None),
+    };
+    let telemetry = Telemetry::new(
+        store.clone(),
+        options.telemetry,
+        options.metrics_retention,
+        tracer,
+    );
     let (log_tx, log_rx) = mpsc::channel(16 * 1024);
     let dispatcher = Dispatcher::try_new(Settings {
         data_dir: data_dir.clone(),
@@ -174,6 +189,9 @@ pub async fn start(options: Options) -> Result<Running> {
     // Stopped after the drain, so the last invocations' metrics are flushed.
     let telemetry_done = CancellationToken::new();
     let telemetry_task = tokio::spawn(telemetry.run(telemetry_done.clone()));
+    // Stopped last, so the spans of the drained invocations are sent.
+    let exporter_done = CancellationToken::new();
+    let exporter_task = exporter.map(|e| tokio::spawn(e.run(exporter_done.clone())));
     let queue_stop = CancellationToken::new();
     let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));
 
@@ -222,6 +240,14 @@ pub async fn start(options: Options) -> Result<Running> {
         telemetry_done.cancel();
         if telemetry_task.await.is_err() {
             tracing::warn!("the telemetry task panicked");
+        }
+        exporter_done.cancel();
+        if let Some(task) = exporter_task
+            && tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the span exporter did not finish in time");
         }
         tasks.close();
         tasks.wait().await;

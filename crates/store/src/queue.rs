@@ -20,6 +20,8 @@ pub struct QueuedEvent {
     pub enqueued_ms: i64,
     /// Failed deliveries before this one.
     pub attempts: u32,
+    /// The caller's trace header (X-Ray form), if it was traced.
+    pub trace: Option<String>,
 }
 
 /// An event to store.
@@ -35,19 +37,22 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
     /// When it was accepted, epoch ms.
     pub enqueued_ms: i64,
+    /// The caller's trace header (X-Ray form, naming the enqueuing span).
+    pub trace: Option<String>,
 }
 
 fn insert_event(conn: &rusqlite::Connection, e: &NewEvent) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms, trace)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
     )?
     .execute(params![
         e.id,
         e.function,
         e.qualifier,
         e.payload,
-        e.enqueued_ms
+        e.enqueued_ms,
+        e.trace
     ])
 }
 
@@ -155,7 +160,7 @@ impl Store {
                  WHERE id IN (SELECT id FROM events
                               WHERE next_attempt_ms <= ?1 AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
                               ORDER BY next_attempt_ms LIMIT ?3)
-                 RETURNING id, function, qualifier, payload, enqueued_ms, attempts",
+                 RETURNING id, function, qualifier, payload, enqueued_ms, attempts, trace",
             )?;
             let rows = stmt.query_map(params![now_ms, lease_ms, limit as i64], |r| {
                 Ok(QueuedEvent {
@@ -165,6 +170,7 @@ impl Store {
                     payload: r.get(3)?,
                     enqueued_ms: r.get(4)?,
                     attempts: r.get::<_, i64>(5)? as u32,
+                    trace: r.get(6)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -350,9 +356,9 @@ impl Store {
     ) -> Result<()> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms)
-                 VALUES (?1, ?2, '$LATEST', ?3, ?4, ?4)",
-                params![new_id, destination, record, now_ms],
+                "INSERT INTO events (id, function, qualifier, payload, enqueued_ms, next_attempt_ms, trace)
+                 VALUES (?1, ?2, '$LATEST', ?3, ?4, ?4, (SELECT trace FROM events WHERE id = ?5))",
+                params![new_id, destination, record, now_ms, id],
             )?;
             conn.execute("DELETE FROM events WHERE id = ?1", [&id])?;
             Ok(())
@@ -425,6 +431,7 @@ mod tests {
                     qualifier: "$LATEST".into(),
                     payload: vec![b'{', b'}'],
                     enqueued_ms: 100 + i,
+                    trace: None,
                 })
                 .await
                 .unwrap();
@@ -538,7 +545,7 @@ mod tests {
                         Op::Enqueue => {
                             counter += 1;
                             let id = format!("e{counter:04}");
-                            store.enqueue(NewEvent { id: id.clone(), function: "f".into(), qualifier: "$LATEST".into(), payload: vec![], enqueued_ms: now }).await.unwrap();
+                            store.enqueue(NewEvent { id: id.clone(), function: "f".into(), qualifier: "$LATEST".into(), payload: vec![], enqueued_ms: now, trace: None }).await.unwrap();
                             model.insert(id, Modeled { next_attempt: now, lease_until: None, attempts: 0 });
                             // Distinct times keep the due order unambiguous.
                             now += 1;

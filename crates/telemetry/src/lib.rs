@@ -10,6 +10,7 @@ mod aggregate;
 mod lambda;
 mod prometheus;
 mod recorder;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct Telemetry {
     /// Where the 1-minute rollup stands (`None` until read); held while writing points so a
     /// late point and a rollup pass never interleave.
     rollup: tokio::sync::Mutex<Option<i64>>,
+    /// Where finished spans go.
+    tracer: trace::Tracer,
 }
 
 fn now_secs() -> i64 {
@@ -90,8 +93,14 @@ fn minute_of(ts: i64) -> i64 {
 }
 
 impl Telemetry {
-    /// Telemetry over `store`; disabled, it records nothing (queries still answer).
-    pub fn new(store: Store, enabled: bool, retention: Retention) -> Arc<Self> {
+    /// Telemetry over `store`; disabled, it records no metrics (queries still answer). Spans
+    /// go to `tracer`.
+    pub fn new(
+        store: Store,
+        enabled: bool,
+        retention: Retention,
+        tracer: trace::Tracer,
+    ) -> Arc<Self> {
         let recorder = Recorder::new(enabled);
         Arc::new(Self {
             store,
@@ -99,12 +108,18 @@ impl Telemetry {
             recorder,
             retention,
             rollup: tokio::sync::Mutex::new(None),
+            tracer,
         })
     }
 
     /// The recorder (for series of one's own).
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    /// Where spans go.
+    pub fn tracer(&self) -> &trace::Tracer {
+        &self.tracer
     }
 
     /// Lambda's metrics by function and version.
@@ -288,7 +303,10 @@ mod tests {
     fn telemetry() -> (tempfile::TempDir, Arc<Telemetry>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (dir, Telemetry::new(store, true, Retention::default()))
+        (
+            dir,
+            Telemetry::new(store, true, Retention::default(), trace::Tracer::disabled()),
+        )
     }
 
     #[tokio::test]
@@ -398,7 +416,12 @@ mod tests {
             .put_metric_points(vec![(key.clone(), points)])
             .await
             .unwrap();
-        let t = Telemetry::new(store.clone(), true, Retention::default());
+        let t = Telemetry::new(
+            store.clone(),
+            true,
+            Retention::default(),
+            trace::Tracer::disabled(),
+        );
         t.flush(now).await.unwrap();
         assert_eq!(
             store.metric_rollup_done_until().await.unwrap(),

@@ -12,3 +12,4 @@ mod invoke;
 mod lifecycle;
 mod metrics;
 mod project;
+mod tracing;
