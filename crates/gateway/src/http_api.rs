@@ -123,10 +123,20 @@ pub(crate) async fn serve(
             _ => gateway_error(StatusCode::NOT_FOUND, "Not Found"),
         };
     };
+    let started = tokio::time::Instant::now();
     let mut response = route_request(&gateway, &matched, &parts, body, peer).await;
     if let (Some(cors), Some(origin)) = (&matched.route.api.cors, &origin) {
         apply_cors(&mut response, cors, origin);
     }
+    gateway
+        .telemetry
+        .api()
+        .route(&matched.route.api.name, &matched.route.spec.route)
+        .answered(
+            jiff::Timestamp::now().as_second(),
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
     response
 }
 

@@ -130,6 +130,36 @@ impl Gateway {
             .with_state(self.clone())
     }
 
+    /// Samples each function's queue depth and instance count into its metrics every
+    /// `every`, until `shutdown`.
+    pub async fn run_sampler(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let now = jiff::Timestamp::now().as_second();
+            for name in self.registry.names() {
+                let meters = self.telemetry.lambda().function(&name, "$LATEST");
+                meters
+                    .instances
+                    .record(now, self.dispatcher.stats(&name).instances as f64);
+                match self.registry.store().queue_depth(&name).await {
+                    Ok((depth, _)) => meters.queue_depth.record(now, depth as f64),
+                    Err(e) => {
+                        tracing::warn!(error = %e, function = %name, "sampling the queue depth failed")
+                    }
+                }
+            }
+        }
+    }
+
     /// From now on, invocations get 503 (the server is draining).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);

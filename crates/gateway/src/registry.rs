@@ -118,6 +118,16 @@ impl Registry {
         deployed
     }
 
+    /// The names of every function.
+    pub fn names(&self) -> Vec<String> {
+        self.latest
+            .read()
+            .expect("registry lock")
+            .keys()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// The newest version of a function.
     pub fn latest(&self, name: &str) -> Option<Arc<Deployed>> {
         self.latest

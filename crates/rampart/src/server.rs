@@ -192,6 +192,11 @@ pub async fn start(options: Options) -> Result<Running> {
     // Stopped last, so the spans of the drained invocations are sent.
     let exporter_done = CancellationToken::new();
     let exporter_task = exporter.map(|e| tokio::spawn(e.run(exporter_done.clone())));
+    tasks.spawn(
+        gateway
+            .clone()
+            .run_sampler(Duration::from_secs(5), shutdown.child_token()),
+    );
     let queue_stop = CancellationToken::new();
     let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));
 

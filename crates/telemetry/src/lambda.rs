@@ -1,12 +1,11 @@
 //! Lambda's metric set (`AWS/Lambda`) and the ones Rampart adds, per function and version,
 //! under the dimension sets Lambda publishes (spec metrics-and-alarms.md §1).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rampart_store::SeriesKey;
 
-use crate::recorder::{Kind, Recorder, Series};
+use crate::recorder::{ByTwoNames, Kind, Recorder, Series};
 
 /// The namespace of function metrics.
 pub const LAMBDA_NAMESPACE: &str = "AWS/Lambda";
@@ -51,6 +50,10 @@ pub struct FunctionMeters {
     pub dead_letter_errors: Meter,
     /// Failures to deliver to a destination.
     pub destination_delivery_failures: Meter,
+    /// Asynchronous events waiting (Rampart, sampled).
+    pub queue_depth: Meter,
+    /// Live instances (Rampart, sampled).
+    pub instances: Meter,
 }
 
 impl FunctionMeters {
@@ -90,18 +93,17 @@ impl FunctionMeters {
             async_events_dropped: meter("AsyncEventsDropped", "Count", Counter),
             dead_letter_errors: meter("DeadLetterErrors", "Count", Counter),
             destination_delivery_failures: meter("DestinationDeliveryFailures", "Count", Counter),
+            queue_depth: meter("QueueDepth", "Count", Gauge),
+            instances: meter("Instances", "Count", Gauge),
         }
     }
 }
-
-/// Meters by function, then version.
-type MetersByFunction = HashMap<String, HashMap<String, Arc<FunctionMeters>>>;
 
 /// Meters by function and version, created on first use.
 #[derive(Clone)]
 pub struct LambdaMetrics {
     recorder: Recorder,
-    meters: Arc<Mutex<MetersByFunction>>,
+    meters: Arc<ByTwoNames<FunctionMeters>>,
     account_concurrency: Arc<Series>,
 }
 
@@ -127,16 +129,9 @@ impl LambdaMetrics {
 
     /// The meters of `function` at `version` (`$LATEST` or a number).
     pub fn function(&self, function: &str, version: &str) -> Arc<FunctionMeters> {
-        let mut meters = self.meters.lock().expect("lambda meters lock poisoned");
-        if let Some(m) = meters.get(function).and_then(|v| v.get(version)) {
-            return m.clone();
-        }
-        let created = Arc::new(FunctionMeters::new(&self.recorder, function, version));
-        meters
-            .entry(function.to_owned())
-            .or_default()
-            .insert(version.to_owned(), created.clone());
-        created
+        self.meters.get_or(function, version, || {
+            FunctionMeters::new(&self.recorder, function, version)
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod gateway;
 mod lambda;
 mod prometheus;
 mod recorder;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use aggregate::Aggregate;
+pub use gateway::{API_GATEWAY_NAMESPACE, ApiMetrics, RouteMeters};
 pub use lambda::{FunctionMeters, LAMBDA_NAMESPACE, LambdaMetrics, Meter};
 use rampart_store::{MetricPoint, SeriesKey, Store, StoredPoint};
 pub use recorder::{Kind, Recorder, Series, Totals};
@@ -76,6 +78,7 @@ pub struct Telemetry {
     store: Store,
     recorder: Recorder,
     lambda: LambdaMetrics,
+    api: ApiMetrics,
     retention: Retention,
     /// Where the 1-minute rollup stands (`None` until read); held while writing points so a
     /// late point and a rollup pass never interleave.
@@ -105,6 +108,7 @@ impl Telemetry {
         Arc::new(Self {
             store,
             lambda: LambdaMetrics::new(recorder.clone()),
+            api: ApiMetrics::new(recorder.clone()),
             recorder,
             retention,
             rollup: tokio::sync::Mutex::new(None),
@@ -120,6 +124,11 @@ impl Telemetry {
     /// Where spans go.
     pub fn tracer(&self) -> &trace::Tracer {
         &self.tracer
+    }
+
+    /// HTTP API metrics by API and route.
+    pub fn api(&self) -> &ApiMetrics {
+        &self.api
     }
 
     /// Lambda's metrics by function and version.

@@ -232,6 +232,31 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
+/// Handles kept by two names (function and version, API and route), made on first use:
+/// looked up without allocating once made.
+pub(crate) struct ByTwoNames<T>(Mutex<HashMap<String, HashMap<String, Arc<T>>>>);
+
+impl<T> Default for ByTwoNames<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T> ByTwoNames<T> {
+    /// The handle of `(a, b)`, made by `make` the first time.
+    pub(crate) fn get_or(&self, a: &str, b: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut map = self.0.lock().expect("handle map lock poisoned");
+        if let Some(found) = map.get(a).and_then(|inner| inner.get(b)) {
+            return found.clone();
+        }
+        let made = Arc::new(make());
+        map.entry(a.to_owned())
+            .or_default()
+            .insert(b.to_owned(), made.clone());
+        made
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,6 +302,9 @@ assert stats("AsyncEventsReceived", ["Sum"], dims=fn)["Sum"] == 1
 age = stats("AsyncEventAge", ["SampleCount", "Minimum"], dims=fn, unit="Milliseconds")
 assert age["SampleCount"] == 1 and age["Minimum"] >= 0, age
 assert stats("Errors", ["Sum"], dims=fn)["Sum"] == 1
+# Sampled every 5 s: the instance that ran the event, and the queue (empty by now or not).
+wait_for("the instance count", lambda: stats("Instances", ["Maximum"], dims=fn).get("Maximum", 0) >= 1)
+assert stats("QueueDepth", ["SampleCount"], dims=fn)["SampleCount"] >= 1
 print("async metrics ok")
 "#;
 
@@ -416,4 +419,50 @@ async fn prometheus_exposition_passes_promtool() {
             .starts_with("application/openmetrics-text")
     );
     assert!(open.text().await.unwrap().ends_with("# EOF\n"));
+}
+
+const ROUTE_METRICS: &str = r#"
+dims = [{"Name": "ApiId", "Value": "shop"}, {"Name": "Route", "Value": "POST /orders"}]
+count = wait_for("4 requests", lambda: stats("Count", ["Sum"], ns="AWS/ApiGateway", dims=dims).get("Sum") == 4 and True)
+assert stats("5XXError", ["Sum", "Average"], ns="AWS/ApiGateway", dims=dims)["Sum"] == 1
+assert stats("4XXError", ["Sum"], ns="AWS/ApiGateway", dims=dims)["Sum"] == 0
+latency = stats("Latency", ["SampleCount", "Minimum"], ns="AWS/ApiGateway", dims=dims)
+assert latency["SampleCount"] == 4 and latency["Minimum"] > 0 and latency["Unit"] == "Milliseconds", latency
+print("route metrics ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_count_requests_errors_and_latency() {
+    let server = Server::start();
+    let code = "def handler(event, context):\n    if event.get('body') == 'fail':\n        raise RuntimeError('no')\n    return {'statusCode': 201, 'body': 'ok'}\n";
+    server
+        .deploy(
+            "orders",
+            "python3.12",
+            "app.handler",
+            &[("app.py", code)],
+            json!({}),
+        )
+        .await;
+    let r = server
+        .http
+        .put(server.url("/rampart/v1/apis/shop"))
+        .json(&json!({"name": "shop", "routes": [{"route": "POST /orders", "function": "orders"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for body in ["a", "b", "c", "fail"] {
+        let r = server
+            .http
+            .post(format!("{}/orders", server.http_endpoint))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), if body == "fail" { 500 } else { 201 });
+    }
+    let script = format!("{PRELUDE}{ROUTE_METRICS}");
+    let (ok, output) = run_python(&script, &[&server.endpoint]);
+    assert!(ok && output.contains("route metrics ok"), "{output}");
 }
