@@ -16,7 +16,7 @@ use rampart_telemetry::{Aggregate, Bucket, Query};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::Gateway;
+use crate::{Gateway, metric_math};
 
 /// The JSON 1.0 target prefix of CloudWatch operations.
 const TARGET_PREFIX: &str = "GraniteServiceVersion20100801.";
@@ -669,7 +669,9 @@ async fn get_metric_data(
     };
     let max_points = input.max_datapoints.unwrap_or(100_800);
     let mut ids = HashSet::new();
-    let mut results = Vec::new();
+    // Every query's series (returned or not), by id, for the expressions after it.
+    let mut series: BTreeMap<String, metric_math::Series> = BTreeMap::new();
+    let mut returned = Vec::new();
     for (i, q) in queries.into_iter().enumerate() {
         let at = format!("MetricDataQueries.member.{}", i + 1);
         let id = q.id.ok_or_else(|| CwError::missing(&format!("{at}.Id")))?;
@@ -685,15 +687,51 @@ async fn get_metric_data(
                 "The value {id} for parameter {at}.Id is used more than once."
             )));
         }
-        let stat = match (q.metric_stat, q.expression) {
-            (Some(stat), None) => stat,
-            (None, Some(_)) => {
-                return Err(CwError::invalid(format!(
-                    "{at}.Expression: metric math expressions are not supported by Rampart yet; use MetricStat."
-                )));
+        let (label, values) = match (q.metric_stat, q.expression) {
+            (Some(stat), None) => {
+                let stat_name = stat
+                    .stat
+                    .ok_or_else(|| CwError::missing(&format!("{at}.MetricStat.Stat")))?;
+                if !BASIC.contains(&stat_name.as_str()) && parse_percentile(&stat_name).is_none() {
+                    return Err(CwError::invalid(format!(
+                        "The value {stat_name} for parameter {at}.MetricStat.Stat is not a statistic Rampart computes."
+                    )));
+                }
+                let query = metric_query(
+                    stat.metric,
+                    &format!("{at}.MetricStat.Metric."),
+                    stat.period,
+                    stat.unit.as_deref(),
+                    (input.start_time, input.end_time),
+                )?;
+                let label = q.label.unwrap_or_else(|| query.key.name.clone());
+                let values: metric_math::Series = read(telemetry, query)
+                    .await?
+                    .iter()
+                    .filter_map(|b| Some((b.ts, statistic(&b.values, &stat_name)?)))
+                    .collect();
+                (label, values)
+            }
+            (None, Some(expression)) => {
+                let timestamps: Vec<i64> = series
+                    .values()
+                    .flat_map(|s| s.keys().copied())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let values = metric_math::evaluate(&expression, &series, &timestamps).map_err(
+                    |why| {
+                        CwError::invalid(format!(
+                            "The value {expression} for parameter {at}.Expression is invalid: {why}."
+                        ))
+                    },
+                )?;
+                (q.label.unwrap_or_else(|| id.clone()), values)
             }
             (None, None) => {
-                return Err(CwError::missing(&format!("{at}.MetricStat")));
+                return Err(CwError::missing(&format!(
+                    "{at}.MetricStat or {at}.Expression"
+                )));
             }
             (Some(_), Some(_)) => {
                 return Err(CwError::combination(format!(
@@ -701,42 +739,29 @@ async fn get_metric_data(
                 )));
             }
         };
-        let stat_name = stat
-            .stat
-            .ok_or_else(|| CwError::missing(&format!("{at}.MetricStat.Stat")))?;
-        if !BASIC.contains(&stat_name.as_str()) && parse_percentile(&stat_name).is_none() {
-            return Err(CwError::invalid(format!(
-                "The value {stat_name} for parameter {at}.MetricStat.Stat is not a statistic Rampart computes."
-            )));
+        if q.return_data != Some(false) {
+            returned.push((id.clone(), label));
         }
-        let query = metric_query(
-            stat.metric,
-            &format!("{at}.MetricStat.Metric."),
-            stat.period,
-            stat.unit.as_deref(),
-            (input.start_time, input.end_time),
-        )?;
-        if q.return_data == Some(false) {
-            continue;
-        }
-        let label = q.label.unwrap_or_else(|| query.key.name.clone());
-        let mut buckets = read(telemetry, query).await?;
-        if !ascending {
-            buckets.reverse();
-        }
-        let (timestamps, values): (Vec<i64>, Vec<f64>) = buckets
-            .iter()
-            .filter_map(|b| Some((b.ts, statistic(&b.values, &stat_name)?)))
-            .take(max_points)
-            .unzip();
-        results.push(json!({
-            "Id": id,
-            "Label": label,
-            "Timestamps": timestamps,
-            "Values": values,
-            "StatusCode": "Complete",
-        }));
+        series.insert(id, values);
     }
+    let results: Vec<Value> = returned
+        .into_iter()
+        .map(|(id, label)| {
+            let mut points: Vec<(i64, f64)> = series[&id].iter().map(|(t, v)| (*t, *v)).collect();
+            if !ascending {
+                points.reverse();
+            }
+            let (timestamps, values): (Vec<i64>, Vec<f64>) =
+                points.into_iter().take(max_points).unzip();
+            json!({
+                "Id": id,
+                "Label": label,
+                "Timestamps": timestamps,
+                "Values": values,
+                "StatusCode": "Complete",
+            })
+        })
+        .collect();
     Ok(json!({ "MetricDataResults": results, "Messages": [] }))
 }
 

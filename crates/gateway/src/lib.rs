@@ -15,6 +15,7 @@ mod http_api;
 mod invoke;
 mod keys;
 mod manage;
+mod metric_math;
 mod proxy_event;
 mod registry;
 mod routes;

@@ -236,6 +236,24 @@ assert [m["MetricName"] for m in only] == ["big"], only
 pages = list(cw.get_paginator("list_metrics").paginate(Namespace="app"))
 assert sum(len(p["Metrics"]) for p in pages) == 5, pages
 
+# Metric math over queries that are not returned themselves.
+latency = {"Namespace": "app", "MetricName": "latency", "Dimensions": dims}
+data = cw.get_metric_data(StartTime=start, EndTime=end, ScanBy="TimestampAscending", MetricDataQueries=[
+    {"Id": "total", "MetricStat": {"Metric": latency, "Period": 600, "Stat": "Sum"}, "ReturnData": False},
+    {"Id": "n", "MetricStat": {"Metric": latency, "Period": 600, "Stat": "SampleCount"}, "ReturnData": False},
+    {"Id": "mean", "Expression": "total / n", "Label": "mean latency"},
+    {"Id": "scaled", "Expression": "(mean - 1) * 2"},
+])["MetricDataResults"]
+assert [r["Id"] for r in data] == ["mean", "scaled"] and data[0]["Label"] == "mean latency", data
+means = data[0]["Values"]
+assert len(means) == 1 and abs(means[0] - 9050 / 103) < 1e-9, data
+assert all(abs(s - (m - 1) * 2) < 1e-9 for m, s in zip(means, data[1]["Values"])), data
+bad = lambda expr: error_code(lambda: cw.get_metric_data(StartTime=start, EndTime=end, MetricDataQueries=[
+    {"Id": "a", "MetricStat": {"Metric": latency, "Period": 60, "Stat": "Sum"}},
+    {"Id": "b", "Expression": expr}]))
+assert bad("SUM(METRICS())") == ("InvalidParameterValue", 400)
+assert bad("a / later") == ("InvalidParameterValue", 400)
+
 # Errors, as CloudWatch reports them.
 assert error_code(lambda: cw.put_metric_data(Namespace="AWS/Mine", MetricData=[{"MetricName": "m", "Value": 1}])) == ("InvalidParameterValue", 400)
 assert error_code(lambda: cw.put_metric_data(Namespace="app", MetricData=[{"MetricName": "m", "Value": float("nan")}])) == ("InvalidParameterValue", 400)
