@@ -217,7 +217,7 @@ impl Gateway {
                 .await;
             return;
         };
-        let traced = Traced::resume(event.trace.as_deref());
+        let traced = Traced::resume(event.trace.as_deref(), self.telemetry.tracer());
         let request = InvokeRequest {
             request_id: event.id.clone(),
             payload: Bytes::from(event.payload.clone()),

@@ -260,7 +260,7 @@ async fn route_request(
         return function_failed(format);
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let traced = Traced::begin(&parts.headers);
+    let traced = Traced::begin(&parts.headers, gateway.telemetry.tracer());
     let trace_id = traced.function_header();
     let request = HttpRequest {
         trace_id: &trace_id,

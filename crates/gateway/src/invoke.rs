@@ -113,7 +113,7 @@ pub(crate) async fn invoke(
         }
     };
     let target = resolve(&gateway, &name, query.get("Qualifier").map(String::as_str)).await?;
-    let traced = Traced::begin(&headers);
+    let traced = Traced::begin(&headers, gateway.telemetry.tracer());
     match invocation_type {
         "RequestResponse" => {}
         "DryRun" => return Ok(StatusCode::NO_CONTENT.into_response()),

@@ -20,20 +20,19 @@ pub(crate) struct Traced {
 }
 
 impl Traced {
-    /// A request's trace: the caller's (`X-Amzn-Trace-Id`, else `traceparent`) or a new one.
-    pub(crate) fn begin(headers: &HeaderMap) -> Self {
+    /// A request's trace: the caller's (`X-Amzn-Trace-Id`, else `traceparent`) or a new one
+    /// sampled by `tracer`'s rule.
+    pub(crate) fn begin(headers: &HeaderMap, tracer: &Tracer) -> Self {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Self::with(TraceContext::from_headers(
-            header("x-amzn-trace-id"),
-            header("traceparent"),
-        ))
+        Self::with(
+            TraceContext::from_headers(header("x-amzn-trace-id"), header("traceparent"))
+                .unwrap_or_else(|| tracer.new_trace()),
+        )
     }
 
     /// The delivery of a queued event, continuing the trace stored with it.
-    pub(crate) fn resume(stored: Option<&str>) -> Self {
-        Self::with(stored.map_or_else(TraceContext::new_root, |h| {
-            TraceContext::from_headers(Some(h), None)
-        }))
+    pub(crate) fn resume(stored: Option<&str>, tracer: &Tracer) -> Self {
+        Self::with(TraceContext::from_headers(stored, None).unwrap_or_else(|| tracer.new_trace()))
     }
 
     fn with(context: TraceContext) -> Self {

@@ -89,6 +89,10 @@ struct ServeArgs {
     /// Export spans over OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318.
     #[arg(long, env = "RAMPART_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled beyond the first each second (X-Ray's default rule);
+    /// a caller's own decision is always kept.
+    #[arg(long, env = "RAMPART_TRACE_SAMPLE_RATE", default_value_t = rampart_telemetry::trace::DEFAULT_SAMPLE_RATE)]
+    trace_sample_rate: f64,
     /// How long 1-second metric points are kept (CloudWatch: 3 hours).
     #[arg(long, env = "RAMPART_METRICS_SECONDS_RETENTION", default_value = "3h", value_parser = parse_duration)]
     metrics_seconds_retention: std::time::Duration,
@@ -544,6 +548,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         init_timeout: args.init_timeout,
         telemetry: args.telemetry == "on",
         otlp_endpoint: args.otlp_endpoint,
+        trace_sample_rate: args.trace_sample_rate,
         metrics_retention: rampart_telemetry::Retention {
             seconds: args.metrics_seconds_retention,
             minutes: args.metrics_minutes_retention,

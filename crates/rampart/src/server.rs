@@ -45,6 +45,8 @@ pub struct Options {
     pub telemetry: bool,
     /// Where spans are exported (OTLP/HTTP), if anywhere.
     pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled beyond the first each second.
+    pub trace_sample_rate: f64,
     /// How long metric rollups are kept.
     pub metrics_retention: rampart_telemetry::Retention,
 }
@@ -142,6 +144,7 @@ pub async fn start(options: Options) -> Result<Running> {
         }
         None => (Tracer::disabled(), None),
     };
+    let tracer = tracer.with_sample_rate(options.trace_sample_rate);
     let telemetry = Telemetry::new(
         store.clone(),
         options.telemetry,

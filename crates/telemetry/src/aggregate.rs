@@ -3,7 +3,7 @@
 //! to its precision), never averaged from other percentiles.
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use rampart_store::MetricPoint;
 
 /// Significant decimal digits the histograms keep: values are exact to 0.1%.
@@ -163,7 +163,7 @@ impl Aggregate {
     pub fn to_point(&self, resolution: u32, ts: i64, unit: &str) -> MetricPoint {
         let histogram = self.hist.as_ref().map(|h| {
             let mut out = Vec::new();
-            V2Serializer::new()
+            V2DeflateSerializer::new()
                 .serialize(h, &mut out)
                 .expect("serializing a histogram into memory cannot fail");
             out

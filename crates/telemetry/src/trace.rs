@@ -2,6 +2,8 @@
 //! absent), spans of each invocation, and their export over OTLP/HTTP (protobuf) when an
 //! endpoint is configured (spec metrics-and-alarms.md §6).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -40,16 +42,12 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// Fresh random bytes (from a v4 UUID's generator).
+/// Fresh random bytes from the operating system.
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    let mut filled = 0;
-    while filled < N {
-        let id = uuid::Uuid::new_v4();
-        let bytes = id.as_bytes();
-        let n = (N - filled).min(bytes.len());
-        out[filled..filled + n].copy_from_slice(&bytes[..n]);
-        filled += n;
+    // The OS generator does not fail on Linux once booted; a zero id is still refused below.
+    if let Err(e) = getrandom::fill(&mut out) {
+        tracing::warn!(error = %e, "no randomness for a trace id");
     }
     out
 }
@@ -139,11 +137,10 @@ impl TraceContext {
         })
     }
 
-    /// The caller's context from either header (X-Ray first), else a new trace.
-    pub fn from_headers(xray: Option<&str>, traceparent: Option<&str>) -> Self {
+    /// The caller's context from either header (X-Ray first), if one is valid.
+    pub fn from_headers(xray: Option<&str>, traceparent: Option<&str>) -> Option<Self> {
         xray.and_then(Self::parse_xray)
             .or_else(|| traceparent.and_then(Self::parse_traceparent))
-            .unwrap_or_else(Self::new_root)
     }
 
     /// The X-Ray header handed on, naming `parent` as the calling span.
@@ -225,10 +222,49 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per batch before it is dropped.
 const ATTEMPTS: u32 = 3;
 
+/// Decides whether a trace Rampart starts is sampled, as X-Ray's default rule does: the
+/// first new trace of each second (the reservoir), then a fixed fraction of the rest. A
+/// caller's own decision (`Sampled=` or the `traceparent` flag) is always kept.
+#[derive(Debug)]
+pub struct Sampler {
+    rate: f64,
+    reserved_second: AtomicI64,
+}
+
+impl Sampler {
+    /// Samples the first new trace a second and `rate` (0.0 to 1.0) of the others.
+    pub fn new(rate: f64) -> Self {
+        Self {
+            rate: rate.clamp(0.0, 1.0),
+            reserved_second: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    fn decide(&self, trace_id: &[u8; 16]) -> bool {
+        let now = jiff::Timestamp::now().as_second();
+        let last = self.reserved_second.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .reserved_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return true;
+        }
+        // The trace id's last bytes are random: a uniform draw for free.
+        let draw = u32::from_be_bytes(trace_id[12..].try_into().expect("4 bytes"));
+        f64::from(draw) < self.rate * f64::from(u32::MAX)
+    }
+}
+
+/// X-Ray's default fraction of new traces sampled beyond the first each second.
+pub const DEFAULT_SAMPLE_RATE: f64 = 0.05;
+
 /// Where finished spans go: to the exporter when one runs, else nowhere.
 #[derive(Clone, Debug)]
 pub struct Tracer {
     tx: Option<mpsc::Sender<SpanRecord>>,
+    sampler: Arc<Sampler>,
 }
 
 /// The exporter's side of a [`Tracer`].
@@ -238,9 +274,25 @@ pub struct Exporter {
 }
 
 impl Tracer {
-    /// A tracer that records nothing.
+    /// A tracer that records nothing (its sampling decisions still reach functions).
     pub fn disabled() -> Self {
-        Self { tx: None }
+        Self {
+            tx: None,
+            sampler: Arc::new(Sampler::new(DEFAULT_SAMPLE_RATE)),
+        }
+    }
+
+    /// This tracer, sampling `rate` of the new traces beyond the first each second.
+    pub fn with_sample_rate(mut self, rate: f64) -> Self {
+        self.sampler = Arc::new(Sampler::new(rate));
+        self
+    }
+
+    /// A new trace, sampled as the sampler decides.
+    pub fn new_trace(&self) -> TraceContext {
+        let mut context = TraceContext::new_root();
+        context.sampled = self.sampler.decide(&context.trace_id);
+        context
     }
 
     /// A tracer exporting to `endpoint` (an OTLP/HTTP base URL such as
@@ -253,7 +305,13 @@ impl Tracer {
         } else {
             format!("{endpoint}/v1/traces")
         };
-        (Self { tx: Some(tx) }, Exporter { endpoint, rx })
+        (
+            Self {
+                tx: Some(tx),
+                sampler: Arc::new(Sampler::new(DEFAULT_SAMPLE_RATE)),
+            },
+            Exporter { endpoint, rx },
+        )
     }
 
     /// Whether spans of `context` are recorded.
@@ -461,7 +519,8 @@ mod tests {
         ] {
             assert!(TraceContext::parse_traceparent(bad).is_none(), "{bad}");
         }
-        let fresh = TraceContext::from_headers(Some("garbage"), None);
+        assert!(TraceContext::from_headers(Some("garbage"), None).is_none());
+        let fresh = Tracer::disabled().with_sample_rate(1.0).new_trace();
         let now = jiff::Timestamp::now().as_second() as u32;
         let secs = u32::from_be_bytes(fresh.trace_id[..4].try_into().unwrap());
         assert!(now.abs_diff(secs) <= 1 && fresh.sampled && fresh.parent.is_none());
@@ -492,5 +551,19 @@ mod tests {
             s.status.as_ref().unwrap().code,
             status::StatusCode::Error as i32
         );
+    }
+
+    #[test]
+    fn new_traces_are_sampled_by_reservoir_then_rate() {
+        let none = Tracer::disabled().with_sample_rate(0.0);
+        assert!(none.new_trace().sampled, "the first trace of a second");
+        let sampled = (0..1000).filter(|_| none.new_trace().sampled).count();
+        assert!(
+            sampled <= 1,
+            "{sampled}: at most one more when the second turns"
+        );
+        let some = Tracer::disabled().with_sample_rate(0.25);
+        let sampled = (0..4000).filter(|_| some.new_trace().sampled).count();
+        assert!((800..1200).contains(&sampled), "{sampled} of 4000 at 25%");
     }
 }

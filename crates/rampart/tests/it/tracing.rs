@@ -80,7 +80,10 @@ fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_flow_from_callers_to_functions_and_out_over_otlp() {
     let (endpoint, spans) = receiver().await;
-    let server = Server::start_with(&["--otlp-endpoint", &endpoint], &[]);
+    let server = Server::start_with(
+        &["--otlp-endpoint", &endpoint, "--trace-sample-rate", "1"],
+        &[],
+    );
     let code =
         "import os\ndef handler(event, context):\n    return os.environ.get('_X_AMZN_TRACE_ID')\n";
     server
