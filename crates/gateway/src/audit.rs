@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
@@ -136,18 +136,23 @@ pub(crate) async fn record(
     let path = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
     let limited = http_body_util::Limited::new(body, rampart_model::MAX_CONTROL_BODY_BYTES);
-    let body: Bytes = match http_body_util::BodyExt::collect(limited).await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return ApiError::too_large(format!(
+    let (parameters, response) = match http_body_util::BodyExt::collect(limited).await {
+        Ok(body) => {
+            let body = body.to_bytes();
+            let parameters = parameters(query.as_deref(), &body);
+            let request = Request::from_parts(parts, Body::from(body));
+            (parameters, next.run(request).await)
+        }
+        // Refused, and recorded as refused.
+        Err(_) => (
+            json!({ "body": "(larger than the limit)" }).to_string(),
+            ApiError::too_large(format!(
                 "the request body is larger than {} bytes",
                 rampart_model::MAX_CONTROL_BODY_BYTES
             ))
-            .into_response();
-        }
+            .into_response(),
+        ),
     };
-    let parameters = parameters(query.as_deref(), &body);
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let result = if response.status().is_success() {
         "OK".to_owned()
     } else {

@@ -1,6 +1,6 @@
 //! HTTP API metrics under `AWS/ApiGateway`, per API and route (`ApiId`, `Route`), with API
 //! Gateway's names: Count, 4XXError, 5XXError (0 or 1 per request, so the Average is the rate)
-//! and Latency.
+//! and Latency, and Rampart's Throttles (429 answers: rate limits, quotas, concurrency).
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ pub struct RouteMeters {
     count: Arc<Series>,
     client_errors: Arc<Series>,
     server_errors: Arc<Series>,
+    throttles: Arc<Series>,
     latency: Arc<Series>,
 }
 
@@ -26,6 +27,7 @@ impl RouteMeters {
         let class = |range: std::ops::Range<u16>| f64::from(u8::from(range.contains(&status)));
         self.client_errors.record(second, class(400..500));
         self.server_errors.record(second, class(500..600));
+        self.throttles.record(second, class(429..430));
         self.latency.record(second, latency_ms);
     }
 }
@@ -64,6 +66,7 @@ impl ApiMetrics {
                 count: series("Count", "Count", Kind::Counter),
                 client_errors: series("4XXError", "Count", Kind::Counter),
                 server_errors: series("5XXError", "Count", Kind::Counter),
+                throttles: series("Throttles", "Count", Kind::Counter),
                 latency: series("Latency", "Milliseconds", Kind::Distribution),
             }
         })

@@ -60,6 +60,16 @@ async fn control_actions_are_recorded_and_tampering_is_detected() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // Over the control plane's 70 MB limit: refused with 413, and recorded as refused.
+    let r = server
+        .http
+        .put(server.url("/2015-03-31/functions/audited/code"))
+        .body(vec![b' '; 70 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["x-amzn-errortype"], "RequestTooLargeException");
 
     let (status, body) = server.get_json("/rampart/v1/audit").await;
     assert_eq!(status, 200);
@@ -74,7 +84,8 @@ async fn control_actions_are_recorded_and_tampering_is_detected() {
             "CreateFunction20150331",
             "UpdateFunctionConfiguration20150331v2",
             "DeleteFunction20150331",
-            "CreateApiKey"
+            "CreateApiKey",
+            "UpdateFunctionCode20150331v2"
         ],
         "{body}"
     );
@@ -95,6 +106,7 @@ async fn control_actions_are_recorded_and_tampering_is_detected() {
     assert_eq!(records[2]["result"], "ResourceNotFoundException");
     assert_eq!(records[2]["principal"], "anonymous");
     assert_eq!(records[3]["resource"], "partner");
+    assert_eq!(records[4]["result"], "RequestTooLargeException");
 
     // The CLI lists and filters, and verifies the intact chain.
     let (ok, out, err) = rampart_cli(
@@ -107,7 +119,7 @@ async fn control_actions_are_recorded_and_tampering_is_detected() {
         "{out}"
     );
     let (ok, out, err) = rampart_cli(&server.endpoint, &["audit", "verify"]);
-    assert!(ok && out.contains("intact: 4 records"), "{out}{err}");
+    assert!(ok && out.contains("intact: 5 records"), "{out}{err}");
 
     // Tamper with the file while the server is down; the next server finds it.
     server.kill9();

@@ -310,6 +310,29 @@ async fn the_monitored_counter_publishes_its_value_with_plain_boto3() {
     let script = format!("{PRELUDE}{MONITORED_COUNTER}");
     let (ok, output) = run_python(&script, &[&server.endpoint]);
     assert!(ok && output.contains("monitored counter ok"), "{output}");
+    let (ok, out, err) = rampart_cli(
+        &server.endpoint,
+        &[
+            "metrics",
+            "counter-monitored",
+            "--namespace",
+            "counter",
+            "--metric",
+            "counter",
+            "--stat",
+            "Maximum",
+            "--dimension",
+            "operation=increment",
+            "--since",
+            "10m",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("20") && l.contains(" 42.000 ") && l.ends_with("Count")),
+        "{out}"
+    );
 }
 
 const ASYNC_METRICS: &str = r#"
@@ -441,11 +464,12 @@ async fn prometheus_exposition_passes_promtool() {
 
 const ROUTE_METRICS: &str = r#"
 dims = [{"Name": "ApiId", "Value": "shop"}, {"Name": "Route", "Value": "POST /orders"}]
-count = wait_for("4 requests", lambda: stats("Count", ["Sum"], ns="AWS/ApiGateway", dims=dims).get("Sum") == 4 and True)
+count = wait_for("5 requests", lambda: stats("Count", ["Sum"], ns="AWS/ApiGateway", dims=dims).get("Sum") == 5 and True)
 assert stats("5XXError", ["Sum", "Average"], ns="AWS/ApiGateway", dims=dims)["Sum"] == 1
-assert stats("4XXError", ["Sum"], ns="AWS/ApiGateway", dims=dims)["Sum"] == 0
+assert stats("4XXError", ["Sum"], ns="AWS/ApiGateway", dims=dims)["Sum"] == 1
+assert stats("Throttles", ["Sum"], ns="AWS/ApiGateway", dims=dims)["Sum"] == 1
 latency = stats("Latency", ["SampleCount", "Minimum"], ns="AWS/ApiGateway", dims=dims)
-assert latency["SampleCount"] == 4 and latency["Minimum"] > 0 and latency["Unit"] == "Milliseconds", latency
+assert latency["SampleCount"] == 5 and latency["Minimum"] > 0 and latency["Unit"] == "Milliseconds", latency
 print("route metrics ok")
 "#;
 
@@ -480,6 +504,23 @@ async fn routes_count_requests_errors_and_latency() {
             .unwrap();
         assert_eq!(r.status(), if body == "fail" { 500 } else { 201 });
     }
+    // No concurrency left: the gateway answers 429.
+    let r = server
+        .http
+        .put(server.url("/2017-10-31/functions/orders/concurrency"))
+        .json(&json!({"ReservedConcurrentExecutions": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = server
+        .http
+        .post(format!("{}/orders", server.http_endpoint))
+        .body("d")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
     let script = format!("{PRELUDE}{ROUTE_METRICS}");
     let (ok, output) = run_python(&script, &[&server.endpoint]);
     assert!(ok && output.contains("route metrics ok"), "{output}");
