@@ -40,6 +40,10 @@ fn action(method: &Method, route: &str) -> Option<&'static str> {
         ("DELETE", "/2019-09-25/functions/{name}/event-invoke-config") => {
             "DeleteFunctionEventInvokeConfig"
         }
+        ("POST", "/2015-03-31/functions/{name}/versions") => "PublishVersion20150331",
+        ("POST", "/2015-03-31/functions/{name}/aliases") => "CreateAlias20150331",
+        ("PUT", "/2015-03-31/functions/{name}/aliases/{alias}") => "UpdateAlias20150331",
+        ("DELETE", "/2015-03-31/functions/{name}/aliases/{alias}") => "DeleteAlias20150331",
         ("POST", "/rampart/v1/functions/{name}/dlq/replay") => "ReplayDeadLetters",
         ("DELETE", "/rampart/v1/functions/{name}/dlq") => "PurgeDeadLetters",
         ("POST", "/rampart/v1/keys") => "CreateApiKey",

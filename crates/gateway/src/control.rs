@@ -26,7 +26,7 @@ use crate::invoke::resolve;
 use crate::{ApiError, Gateway};
 
 /// The request body, or Lambda's error for one that is too large or unreadable.
-fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
@@ -39,7 +39,7 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_content(format!("could not parse the request body: {e}")))
 }
@@ -166,7 +166,7 @@ fn hex_to_base64(hex: &str) -> String {
 }
 
 /// Lambda's `FunctionConfiguration` for one version.
-fn configuration(
+pub(crate) fn configuration(
     gateway: &Gateway,
     version: &VersionRecord,
     label: &str,
@@ -357,7 +357,7 @@ pub(crate) async fn get_function_configuration(
 }
 
 /// The function a control call on `$LATEST` names (qualified names are refused).
-fn unqualified(gateway: &Gateway, raw: &str) -> Result<FunctionName, ApiError> {
+pub(crate) fn unqualified(gateway: &Gateway, raw: &str) -> Result<FunctionName, ApiError> {
     let function =
         rampart_model::FunctionRef::parse(raw).map_err(|e| ApiError::validation(e.message))?;
     if function
@@ -455,16 +455,21 @@ pub(crate) async fn delete_function(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    if query
-        .get("Qualifier")
-        .is_some_and(|q| q.as_str() != "$LATEST")
-    {
-        return Err(ApiError::invalid_parameter(
-            "deleting a single version is not supported yet: delete the whole function",
-        ));
-    }
     let name = unqualified(&gateway, &name)?;
-    gateway.registry.delete(&name).await?;
+    match query.get("Qualifier").map(String::as_str) {
+        None | Some("$LATEST") => gateway.registry.delete(&name).await?,
+        Some(q) => {
+            let version = q.parse::<u64>().map_err(|_| {
+                ApiError::invalid_parameter(format!(
+                    "Qualifier '{q}' is not a version: delete aliases with DeleteAlias"
+                ))
+            })?;
+            gateway
+                .registry
+                .delete_version(name.as_str(), version)
+                .await?;
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

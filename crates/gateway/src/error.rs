@@ -149,6 +149,7 @@ impl From<rampart_store::Error> for ApiError {
         match e {
             E::InvalidBundle(m) | E::Rejected(m) => Self::invalid_parameter(m),
             E::FunctionExists { name } => Self::conflict(format!("Function already exist: {name}")),
+            E::Conflict(m) => Self::conflict(m),
             E::FunctionNotFound { name } => Self::not_found(format!("Function not found: {name}")),
             E::RevisionMismatch { .. } => Self::precondition_failed(format!(
                 "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id ({e})"

@@ -254,11 +254,15 @@ async fn route_request(
             }
         }
     }
-    let function = matched.route.spec.function.clone();
-    let Some(deployed) = gateway.registry.latest(&function) else {
-        tracing::warn!(%function, route = %matched.route.spec.route, "route names a function that does not exist");
-        return function_failed(format);
+    // A route names a function, or `function:qualifier` (a version or an alias).
+    let target = match crate::invoke::resolve(gateway, &matched.route.spec.function, None).await {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::warn!(function = %matched.route.spec.function, route = %matched.route.spec.route, error = %e.message(), "a route's function cannot be invoked");
+            return function_failed(format);
+        }
     };
+    let function = target.name.clone();
     let request_id = uuid::Uuid::new_v4().to_string();
     let traced = Traced::begin(&parts.headers, gateway.telemetry.tracer());
     let trace_id = traced.function_header();
@@ -286,15 +290,8 @@ async fn route_request(
         }
     };
     if matched.route.spec.asynchronous {
-        return enqueue_route_event(
-            gateway,
-            &function,
-            &deployed.spec,
-            event,
-            request_id,
-            &traced,
-        )
-        .await;
+        return enqueue_route_event(gateway, &function, &target.spec, event, request_id, &traced)
+            .await;
     }
     if event.len() > rampart_model::MAX_SYNC_PAYLOAD_BYTES {
         return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
@@ -309,11 +306,18 @@ async fn route_request(
         .api
         .timeout_ms
         .map_or(default_timeout, Duration::from_millis)
-        .min(deployed.spec.config.timeout() + Duration::from_secs(1));
+        .min(target.spec.config.timeout() + Duration::from_secs(1));
     let invoke = InvokeRequest {
         request_id: request_id.clone(),
         payload: event,
-        invoked_arn: function_arn(&gateway.region, &function, None),
+        invoked_arn: function_arn(
+            &gateway.region,
+            &function,
+            target
+                .explicit
+                .then(|| target.qualifier.to_string())
+                .as_deref(),
+        ),
         trace_id,
         client_context: None,
         tail: false,
@@ -321,7 +325,7 @@ async fn route_request(
     // The invocation runs on even when the gateway stops waiting, as on AWS.
     let running = gateway
         .dispatcher
-        .invoke_detachable(deployed.spec.clone(), invoke);
+        .invoke_detachable(target.spec.clone(), invoke);
     let result = tokio::time::timeout(integration_timeout, running).await;
     traced.finish(
         gateway.telemetry.tracer(),

@@ -76,8 +76,13 @@ pub(crate) async fn resolve(
     let spec = match &qualifier {
         Qualifier::Latest => gateway.registry.latest(&name).map(|d| d.spec.clone()),
         Qualifier::Version(n) => gateway.registry.version(&name, *n).await?,
-        // Aliases come with the deployments issue.
-        Qualifier::Alias(_) => None,
+        Qualifier::Alias(alias) => match gateway.registry.alias(&name, alias.as_str()) {
+            None => None,
+            Some(found) => match crate::versions::choose(&found) {
+                Some(n) => gateway.registry.version(&name, n).await?,
+                None => gateway.registry.latest(&name).map(|d| d.spec.clone()),
+            },
+        },
     };
     let spec = spec.ok_or_else(not_found)?;
     Ok(Target {

@@ -20,6 +20,7 @@ mod proxy_event;
 mod registry;
 mod routes;
 mod spans;
+mod versions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,6 +209,20 @@ impl Gateway {
                 &format!("{functions}/{{name}}/code"),
                 put(control::update_function_code)
                     .layer(DefaultBodyLimit::max(rampart_model::MAX_CONTROL_BODY_BYTES)),
+            )
+            .route(
+                &format!("{functions}/{{name}}/versions"),
+                post(versions::publish).get(versions::list_versions),
+            )
+            .route(
+                &format!("{functions}/{{name}}/aliases"),
+                post(versions::create_alias).get(versions::list_aliases),
+            )
+            .route(
+                &format!("{functions}/{{name}}/aliases/{{alias}}"),
+                get(versions::get_alias)
+                    .put(versions::update_alias)
+                    .delete(versions::delete_alias),
             )
             .route(
                 "/2017-10-31/functions/{name}/concurrency",

@@ -103,15 +103,16 @@ pub(crate) async fn put_api(
         )));
     }
     api.validate()?;
-    if let Some(route) = api
-        .routes
-        .iter()
-        .find(|r| gateway.registry.latest(&r.function).is_none())
-    {
-        return Err(ApiError::invalid_parameter(format!(
-            "route '{}' calls function '{}', which does not exist",
-            route.route, route.function
-        )));
+    for route in &api.routes {
+        // Resolving it now names a missing function, version or alias at deploy time.
+        if let Err(e) = crate::invoke::resolve(&gateway, &route.function, None).await {
+            return Err(ApiError::invalid_parameter(format!(
+                "route '{}' calls '{}', which cannot be invoked: {}",
+                route.route,
+                route.function,
+                e.message()
+            )));
+        }
     }
     let _changing = gateway.api_changes.lock().await;
     let mut apis = gateway.registry.store().list_apis().await?;

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use rampart_model::{FunctionConfig, FunctionName};
 use rampart_runtime::{Dispatcher, FunctionSpec};
-use rampart_store::{CodeBundle, CodeStore, FunctionRecord, Store, VersionRecord};
+use rampart_store::{
+    AliasChange, AliasRecord, CodeBundle, CodeStore, FunctionRecord, Store, VersionRecord,
+};
 
 use crate::ApiError;
 
@@ -27,6 +29,8 @@ pub struct Registry {
     dispatcher: Dispatcher,
     latest: RwLock<HashMap<String, Arc<Deployed>>>,
     versions: RwLock<HashMap<(String, u64), Arc<FunctionSpec>>>,
+    /// Aliases by (function, alias).
+    aliases: RwLock<HashMap<(String, String), AliasRecord>>,
     /// Serialises changes (store commit plus cache update), so a delete and an update of the
     /// same function cannot interleave and leave the cache disagreeing with the store.
     /// Deploys are rare; one lock for all functions keeps it simple.
@@ -50,8 +54,12 @@ impl Registry {
             dispatcher,
             latest: RwLock::default(),
             versions: RwLock::default(),
+            aliases: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
         };
+        for alias in registry.store.list_aliases().await? {
+            registry.cache_alias(alias);
+        }
         let mut after = None;
         loop {
             let page = registry.store.list_functions(after.clone(), 500).await?;
@@ -252,7 +260,99 @@ impl Registry {
             .write()
             .expect("registry lock")
             .retain(|(n, _), _| n != name.as_str());
+        self.aliases
+            .write()
+            .expect("registry lock")
+            .retain(|(n, _), _| n != name.as_str());
         self.dispatcher.retire_function(name.as_str());
+        Ok(())
+    }
+
+    fn cache_alias(&self, alias: AliasRecord) {
+        self.aliases
+            .write()
+            .expect("registry lock")
+            .insert((alias.function.clone(), alias.name.clone()), alias);
+    }
+
+    /// An alias, from the cache.
+    pub fn alias(&self, function: &str, name: &str) -> Option<AliasRecord> {
+        self.aliases
+            .read()
+            .expect("registry lock")
+            .get(&(function.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// A function's aliases, by name.
+    pub fn aliases_of(&self, function: &str) -> Vec<AliasRecord> {
+        let mut out: Vec<AliasRecord> = self
+            .aliases
+            .read()
+            .expect("registry lock")
+            .values()
+            .filter(|a| a.function == function)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Publishes the newest version (serialized with other changes).
+    pub async fn publish_version(
+        &self,
+        function: &str,
+        code_sha256_hex: Option<String>,
+        revision_id: Option<String>,
+        description: String,
+    ) -> Result<u64, ApiError> {
+        let _changing = self.changes.lock().await;
+        Ok(self
+            .store
+            .publish_version(function, code_sha256_hex, revision_id, description)
+            .await?)
+    }
+
+    /// Creates (`create`) or updates an alias (`revision_id`, when given, must be current).
+    pub async fn put_alias(
+        &self,
+        function: &str,
+        name: &str,
+        change: AliasChange,
+        create: bool,
+        revision_id: Option<String>,
+    ) -> Result<AliasRecord, ApiError> {
+        let _changing = self.changes.lock().await;
+        let alias = if create {
+            self.store.create_alias(function, name, change).await?
+        } else {
+            self.store
+                .update_alias(function, name, change, revision_id)
+                .await?
+        };
+        self.cache_alias(alias.clone());
+        Ok(alias)
+    }
+
+    /// Deletes an alias.
+    pub async fn delete_alias(&self, function: &str, name: &str) -> Result<(), ApiError> {
+        let _changing = self.changes.lock().await;
+        self.store.delete_alias(function, name).await?;
+        self.aliases
+            .write()
+            .expect("registry lock")
+            .remove(&(function.to_owned(), name.to_owned()));
+        Ok(())
+    }
+
+    /// Deletes a published version (refused while an alias uses it).
+    pub async fn delete_version(&self, function: &str, version: u64) -> Result<(), ApiError> {
+        let _changing = self.changes.lock().await;
+        self.store.delete_version(function, version).await?;
+        self.versions
+            .write()
+            .expect("registry lock")
+            .remove(&(function.to_owned(), version));
         Ok(())
     }
 

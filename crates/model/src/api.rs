@@ -306,7 +306,8 @@ impl ApiSpec {
         }
         for (i, route) in self.routes.iter().enumerate() {
             RouteKey::parse(&route.route)?;
-            FunctionName::parse(&route.function).map_err(|e| {
+            // A function name, or `name:qualifier` (a version or an alias).
+            crate::FunctionRef::parse(&route.function).map_err(|e| {
                 ValidationError::new(
                     "function",
                     format!("route '{}': {}", route.route, e.message),

@@ -6,6 +6,7 @@
 //! installed atomically before the row that refers to them is committed.
 #![warn(missing_docs)]
 
+mod aliases;
 mod apis;
 mod audit;
 mod code;
@@ -16,6 +17,7 @@ mod metrics;
 mod queue;
 mod sqlite;
 
+pub use aliases::{AliasChange, AliasRecord};
 pub use audit::{AuditCheck, AuditRecord, NewAuditRecord};
 pub use code::{CodeBundle, CodeStore};
 pub use functions::{FunctionRecord, VersionRecord};
@@ -51,6 +53,9 @@ pub enum Error {
     /// The caller's change to a version was refused by its own checks; the message says why.
     #[error("{0}")]
     Rejected(String),
+    /// The change conflicts with what exists (an alias by that name, a version in use).
+    #[error("{0}")]
+    Conflict(String),
     /// A function with this name exists already.
     #[error("function already exists: {name}")]
     FunctionExists {

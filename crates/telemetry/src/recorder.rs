@@ -177,15 +177,19 @@ impl Recorder {
             .clone()
     }
 
-    /// Lifetime totals of every series, by key.
-    pub fn totals(&self) -> Vec<Totals> {
-        let all: Vec<Arc<Series>> = self
-            .series
+    /// Every series (handles: the registry lock is not held while they are read).
+    fn all(&self) -> Vec<Arc<Series>> {
+        self.series
             .lock()
             .expect("metric registry lock poisoned")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Lifetime totals of every series, by key.
+    pub fn totals(&self) -> Vec<Totals> {
+        let all = self.all();
         let mut out: Vec<Totals> = all
             .iter()
             .map(|s| {
@@ -205,13 +209,7 @@ impl Recorder {
 
     /// The closed buckets (seconds before `before`) of every series, by series.
     pub fn drain(&self, before: i64) -> Vec<(SeriesKey, Vec<MetricPoint>)> {
-        let all: Vec<Arc<Series>> = self
-            .series
-            .lock()
-            .expect("metric registry lock poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let all = self.all();
         let mut out = Vec::new();
         for series in all {
             let mut points = Vec::new();

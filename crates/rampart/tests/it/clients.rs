@@ -131,3 +131,134 @@ async fn awslambdaric_runs_as_a_custom_runtime() {
     assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(r.json()["errorType"], "KeyError");
 }
+
+const VERSIONS_SCRIPT: &str = r#"
+import io, json, sys, zipfile
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+client = boto3.client(
+    "lambda", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id="AKID", aws_secret_access_key="SECRET",
+    config=Config(retries={"total_max_attempts": 1}),
+)
+
+def zipped(version):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("app.py", f"def handler(event, context):\n    return {{'v': {version}}}\n")
+    return buf.getvalue()
+
+def code(call):
+    try:
+        call()
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+    raise AssertionError("the call should have failed")
+
+client.create_function(FunctionName="canary", Runtime="python3.12", Role="arn:aws:iam::000000000000:role/r",
+                       Handler="app.handler", Code={"ZipFile": zipped(1)})
+p1 = client.publish_version(FunctionName="canary", Description="first")["Version"]
+assert client.publish_version(FunctionName="canary")["Version"] == p1, "no change, no new version"
+assert code(lambda: client.publish_version(FunctionName="canary", CodeSha256="AAAA")) == "InvalidParameterValueException"
+client.update_function_code(FunctionName="canary", ZipFile=zipped(2))
+p2 = client.publish_version(FunctionName="canary")["Version"]
+assert int(p2) > int(p1), (p1, p2)
+versions = [v["Version"] for v in client.list_versions_by_function(FunctionName="canary")["Versions"]]
+assert versions == ["$LATEST", p1, p2], versions
+
+alias = client.create_alias(FunctionName="canary", Name="live", FunctionVersion=p1,
+                            RoutingConfig={"AdditionalVersionWeights": {p2: 0.3}})
+assert alias["AliasArn"].endswith(":function:canary:live") and alias["FunctionVersion"] == p1, alias
+assert alias["RoutingConfig"]["AdditionalVersionWeights"] == {p2: 0.3}, alias
+assert code(lambda: client.create_alias(FunctionName="canary", Name="live", FunctionVersion=p1)) == "ResourceConflictException"
+
+# The split: 400 invocations, 30% expected on p2 (sd 9.2: bounds at 5 sd).
+ran = {p1: 0, p2: 0}
+for _ in range(400):
+    out = client.invoke(FunctionName="canary", Qualifier="live", Payload=b"{}")
+    executed = out["ExecutedVersion"]
+    body = json.loads(out["Payload"].read())
+    assert body["v"] == (1 if executed == p1 else 2), (executed, body)
+    ran[executed] += 1
+assert 74 <= ran[p2] <= 166, ran
+by_arn = client.invoke(FunctionName="canary:live", Payload=b"{}")
+assert by_arn["ExecutedVersion"] in (p1, p2)
+
+assert client.get_alias(FunctionName="canary", Name="live")["FunctionVersion"] == p1
+assert [a["Name"] for a in client.list_aliases(FunctionName="canary")["Aliases"]] == ["live"]
+assert client.list_aliases(FunctionName="canary", FunctionVersion=p2)["Aliases"] == []
+rev = client.get_alias(FunctionName="canary", Name="live")["RevisionId"]
+assert code(lambda: client.update_alias(FunctionName="canary", Name="live", RevisionId="stale")) == "PreconditionFailedException"
+done = client.update_alias(FunctionName="canary", Name="live", FunctionVersion=p2,
+                           RoutingConfig={"AdditionalVersionWeights": {}}, RevisionId=rev)
+assert done["FunctionVersion"] == p2 and "RoutingConfig" not in done or not done["RoutingConfig"].get("AdditionalVersionWeights"), done
+assert all(client.invoke(FunctionName="canary", Qualifier="live")["ExecutedVersion"] == p2 for _ in range(20))
+
+# The rules: $LATEST carries no weights, aliases name published versions, a version in use stays.
+assert code(lambda: client.create_alias(FunctionName="canary", Name="bad", FunctionVersion="$LATEST",
+            RoutingConfig={"AdditionalVersionWeights": {p1: 0.5}})) == "InvalidParameterValueException"
+assert code(lambda: client.create_alias(FunctionName="canary", Name="bad", FunctionVersion="99")) == "ResourceNotFoundException"
+latest = client.create_alias(FunctionName="canary", Name="edge", FunctionVersion="$LATEST")
+assert client.invoke(FunctionName="canary", Qualifier="edge")["ExecutedVersion"] == "$LATEST"
+assert code(lambda: client.delete_function(FunctionName="canary", Qualifier=p2)) == "ResourceConflictException"
+client.delete_function(FunctionName="canary", Qualifier=p1)
+versions = [v["Version"] for v in client.list_versions_by_function(FunctionName="canary")["Versions"]]
+assert versions == ["$LATEST", p2], versions
+client.delete_alias(FunctionName="canary", Name="live")
+assert code(lambda: client.get_alias(FunctionName="canary", Name="live")) == "ResourceNotFoundException"
+assert code(lambda: client.invoke(FunctionName="canary", Qualifier="live")) == "ResourceNotFoundException"
+print("versions ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_publishes_versions_and_splits_aliases_by_weight() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(temp.path(), &[], &[]);
+    let (ok, output) = run_python(VERSIONS_SCRIPT, &[&server.endpoint]);
+    assert!(ok && output.contains("versions ok"), "{output}");
+    // Aliases and published versions survive kill -9: they live in the store.
+    server.kill9();
+    let server = Server::start_in(temp.path(), &[], &[]);
+    let (_, aliases) = server
+        .get_json("/2015-03-31/functions/canary/aliases")
+        .await;
+    assert_eq!(aliases["Aliases"][0]["Name"], "edge", "{aliases}");
+    let (_, versions) = server
+        .get_json("/2015-03-31/functions/canary/versions")
+        .await;
+    assert_eq!(
+        versions["Versions"].as_array().unwrap().len(),
+        2,
+        "{versions}"
+    );
+    let r = server.invoke_with("canary:edge", "{}", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-amz-executed-version"), Some("$LATEST"));
+    // Routes can target an alias (`function:alias`); a missing one is refused at deploy time.
+    let put = |routes: serde_json::Value| {
+        server
+            .http
+            .put(server.url("/rampart/v1/apis/aliased"))
+            .json(&serde_json::json!({"name": "aliased", "routes": routes}))
+            .send()
+    };
+    let r = put(serde_json::json!([{"route": "GET /gone", "function": "canary:live"}]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("canary:live"));
+    let r = put(serde_json::json!([{"route": "GET /edge", "function": "canary:edge"}]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = server
+        .http
+        .get(format!("{}/edge", server.http_endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"v": 2}"#);
+}
