@@ -149,9 +149,11 @@ impl Gateway {
             let now = jiff::Timestamp::now().as_second();
             for name in self.registry.names() {
                 let meters = self.telemetry.lambda().function(&name, "$LATEST");
+                let stats = self.dispatcher.stats(&name);
+                meters.instances.record(now, stats.instances as f64);
                 meters
-                    .instances
-                    .record(now, self.dispatcher.stats(&name).instances as f64);
+                    .degraded
+                    .record(now, f64::from(u8::from(stats.degraded)));
                 match self.registry.store().queue_depth(&name).await {
                     Ok((depth, _)) => meters.queue_depth.record(now, depth as f64),
                     Err(e) => {

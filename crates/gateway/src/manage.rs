@@ -82,6 +82,7 @@ pub(crate) async fn stats(
     let dead = gateway.registry.store().dead_letter_count(&name).await?;
     Ok(Json(json!({
         "instances": s.instances, "idle": s.idle, "busy": s.busy, "concurrency_limit": s.limit,
+        "degraded": s.degraded,
         "queue_depth": depth, "oldest_event_age_ms": oldest_age_ms, "dead_letters": dead,
         "async": gateway.counters(&name),
     })))

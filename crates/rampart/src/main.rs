@@ -67,6 +67,10 @@ struct ServeArgs {
     /// Longest init of an instance before it goes on inside the invocation (Lambda: 10 s).
     #[arg(long, env = "RAMPART_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     init_timeout: std::time::Duration,
+    /// Longest a warm instance may take to ask for a delivered event before it is replaced
+    /// (a wedged runtime) and the event retried on another instance.
+    #[arg(long, env = "RAMPART_NEXT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    next_timeout: std::time::Duration,
     /// Delay before an asynchronous event's first retry; doubles for each further one.
     #[arg(long, env = "RAMPART_ASYNC_RETRY_BASE", default_value = "60s", value_parser = parse_duration)]
     async_retry_base: std::time::Duration,
@@ -546,6 +550,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         force_rlimit: args.sandbox == "rlimit",
         init_timeout: args.init_timeout,
+        next_timeout: args.next_timeout,
         telemetry: args.telemetry == "on",
         otlp_endpoint: args.otlp_endpoint,
         trace_sample_rate: args.trace_sample_rate,
@@ -673,16 +678,20 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
             let client = Client::new(&endpoint.endpoint)?;
             let functions = client.list_functions().await?;
             println!(
-                "{:<32} {:<16} {:>7} {:>8}  LAST MODIFIED",
-                "NAME", "RUNTIME", "MEMORY", "TIMEOUT"
+                "{:<32} {:<16} {:>7} {:>8}  {:<9} LAST MODIFIED",
+                "NAME", "RUNTIME", "MEMORY", "TIMEOUT", "STATE"
             );
             for f in functions {
+                let name = f["FunctionName"].as_str().unwrap_or_default();
+                // Degraded: its instances keep failing to start and are retried with backoff.
+                let degraded = client.stats(name).await?["degraded"] == true;
                 println!(
-                    "{:<32} {:<16} {:>7} {:>7}s  {}",
-                    f["FunctionName"].as_str().unwrap_or_default(),
+                    "{:<32} {:<16} {:>7} {:>7}s  {:<9} {}",
+                    name,
                     f["Runtime"].as_str().unwrap_or_default(),
                     f["MemorySize"],
                     f["Timeout"],
+                    if degraded { "degraded" } else { "active" },
                     f["LastModified"].as_str().unwrap_or_default()
                 );
             }

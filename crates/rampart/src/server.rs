@@ -39,6 +39,8 @@ pub struct Options {
     pub force_rlimit: bool,
     /// Longest init before it continues inside the invocation.
     pub init_timeout: Duration,
+    /// Longest a warm instance may take to ask for a delivered event.
+    pub next_timeout: Duration,
     /// How asynchronous events are retried.
     pub async_settings: rampart_gateway::AsyncSettings,
     /// Record metrics.
@@ -160,6 +162,7 @@ pub async fn start(options: Options) -> Result<Running> {
         log_sink: log_tx,
         queue_wait: options.queue_wait,
         init_timeout: options.init_timeout,
+        next_timeout: options.next_timeout,
         kill_grace: Duration::from_millis(500),
         stub: std::env::current_exe().ok(),
         metrics: telemetry.lambda().clone(),

@@ -37,6 +37,8 @@ pub struct PoolStats {
     pub busy: usize,
     /// Reserved concurrency in force.
     pub limit: u32,
+    /// Its instances keep failing to start: new ones are tried with backoff.
+    pub degraded: bool,
 }
 
 /// Runs invocations on instances. Cheap to clone.
@@ -101,7 +103,9 @@ impl Pool {
             if instance.is_healthy() {
                 return Some(instance);
             }
+            // Died while idle: replaced on demand.
             instance.kill();
+            self.meters.recoveries.record(now_secs(), 1.0);
         }
         None
     }
@@ -495,6 +499,7 @@ impl Dispatcher {
         for pool in pools.values() {
             stats.instances += pool.live.load(Ordering::Relaxed);
             stats.idle += pool.idle.lock().expect("idle lock").len();
+            stats.degraded |= pool.backing_off().is_some();
         }
         stats
     }
@@ -968,43 +973,67 @@ impl PendingInvocation {
             instance.kill();
         }
         let deadline = started + budget;
-        let (body, content_type, function_error) = tokio::select! {
-            biased;
-            reply = reply_rx => match reply {
-                Ok(Reply::Response { body, content_type }) => (body, content_type, false),
-                Ok(Reply::Error { body, error_type }) => (error_or_header(body, error_type), None, true),
-                Ok(Reply::Truncated) => (error_body(
-                    "Runtime.TruncatedResponse",
-                    &format!("RequestId: {id} Error: the runtime's response was cut off"),
-                ), None, true),
-                Ok(Reply::TooLarge) => (error_body(
-                    "Function.ResponseSizeTooLarge",
-                    &format!("Response payload size exceeded maximum allowed payload size ({} bytes).", rampart_model::MAX_RESPONSE_BYTES),
-                ), None, true),
-                Err(_) => (error_body(
-                    "Sandbox.Failure",
-                    &format!("RequestId: {id} Error: the runtime dropped the invocation"),
-                ), None, true),
-            },
-            info = exited(&mut status) => {
-                if may_retry && !cold && !delivered(instance, &id) {
-                    *instance.shared.current.lock().expect("current lock") = None;
-                    return None;
+        // A warm runtime takes the event at once; one that has not asked for it within the
+        // bound is wedged (it answered before and never called `next`).
+        let pickup = started + settings.next_timeout;
+        let mut reply_rx = reply_rx;
+        let mut checked_pickup = cold;
+        let (body, content_type, function_error) = loop {
+            break tokio::select! {
+                biased;
+                reply = &mut reply_rx => match reply {
+                    Ok(Reply::Response { body, content_type }) => (body, content_type, false),
+                    Ok(Reply::Error { body, error_type }) => (error_or_header(body, error_type), None, true),
+                    Ok(Reply::Truncated) => (error_body(
+                        "Runtime.TruncatedResponse",
+                        &format!("RequestId: {id} Error: the runtime's response was cut off"),
+                    ), None, true),
+                    Ok(Reply::TooLarge) => (error_body(
+                        "Function.ResponseSizeTooLarge",
+                        &format!("Response payload size exceeded maximum allowed payload size ({} bytes).", rampart_model::MAX_RESPONSE_BYTES),
+                    ), None, true),
+                    Err(_) => (error_body(
+                        "Sandbox.Failure",
+                        &format!("RequestId: {id} Error: the runtime dropped the invocation"),
+                    ), None, true),
+                },
+                info = exited(&mut status) => {
+                    if may_retry && !cold && !delivered(instance, &id) {
+                        *instance.shared.current.lock().expect("current lock") = None;
+                        return None;
+                    }
+                    (exit_error(&id, &info), None, true)
                 }
-                (exit_error(&id, &info), None, true)
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                instance.kill();
-                let secs = timeout.as_secs_f64();
-                instance.platform_line(format!(
-                    "{} {id} Task timed out after {secs:.2} seconds",
-                    jiff::Timestamp::now()
-                ));
-                (error_body(
-                    "Sandbox.Timedout",
-                    &format!("RequestId: {id} Error: Task timed out after {secs:.2} seconds"),
-                ), None, true)
-            }
+                () = tokio::time::sleep_until(pickup), if !checked_pickup => {
+                    checked_pickup = true;
+                    if delivered(instance, &id) {
+                        continue;
+                    }
+                    instance.kill();
+                    self.pool.meters.recoveries.record(now_secs(), 1.0);
+                    tracing::warn!(function = %spec.name, "an instance did not ask for its next event: replaced");
+                    if may_retry {
+                        *instance.shared.current.lock().expect("current lock") = None;
+                        return None;
+                    }
+                    (error_body(
+                        "Sandbox.Failure",
+                        &format!("RequestId: {id} Error: the runtime did not ask for the event within {:.1} s", settings.next_timeout.as_secs_f64()),
+                    ), None, true)
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    instance.kill();
+                    let secs = timeout.as_secs_f64();
+                    instance.platform_line(format!(
+                        "{} {id} Task timed out after {secs:.2} seconds",
+                        jiff::Timestamp::now()
+                    ));
+                    (error_body(
+                        "Sandbox.Timedout",
+                        &format!("RequestId: {id} Error: Task timed out after {secs:.2} seconds"),
+                    ), None, true)
+                }
+            };
         };
         let duration = started.elapsed();
         if let Some(reason) = self.exit_reason(&status) {

@@ -87,6 +87,9 @@ pub struct Settings {
     pub queue_wait: Duration,
     /// Longest init (start until the first `GET next`), as Lambda's 10 s.
     pub init_timeout: Duration,
+    /// Longest a warm instance may take to ask for a delivered event before it counts as
+    /// wedged and is replaced.
+    pub next_timeout: Duration,
     /// Time between SIGTERM and SIGKILL when an instance is stopped.
     pub kill_grace: Duration,
     /// The `rampart` binary, run as `rampart __instance-stub` to keep pre-forked sandbox slots;

@@ -54,6 +54,11 @@ pub struct FunctionMeters {
     pub queue_depth: Meter,
     /// Live instances (Rampart, sampled).
     pub instances: Meter,
+    /// Instances replaced for dying idle or wedging (Rampart).
+    pub recoveries: Meter,
+    /// 1 while new instances keep failing to start and are retried with backoff (Rampart,
+    /// sampled).
+    pub degraded: Meter,
 }
 
 impl FunctionMeters {
@@ -95,6 +100,8 @@ impl FunctionMeters {
             destination_delivery_failures: meter("DestinationDeliveryFailures", "Count", Counter),
             queue_depth: meter("QueueDepth", "Count", Gauge),
             instances: meter("Instances", "Count", Gauge),
+            recoveries: meter("Recoveries", "Count", Counter),
+            degraded: meter("Degraded", "Count", Gauge),
         }
     }
 }

@@ -79,6 +79,16 @@ async fn init_errors_are_reported_and_crash_loops_back_off() {
         3,
         "one INIT_REPORT per failed start, none during backoff"
     );
+    // Backing off, the function is marked degraded: in its stats and in `rampart functions`.
+    let (_, stats) = server.get_json("/rampart/v1/functions/broken/stats").await;
+    assert_eq!(stats["degraded"], true, "{stats}");
+    let (ok, out, _) = crate::harness::rampart_cli(&server.endpoint, &["functions", "list"]);
+    assert!(
+        ok && out
+            .lines()
+            .any(|l| l.starts_with("broken") && l.contains("degraded")),
+        "{out}"
+    );
     // A missing handler attribute and a bad handler name are init errors too.
     server
         .deploy(
@@ -599,4 +609,75 @@ async fn runtime_api_enforces_its_protocol() {
     let second: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(second, json!([403, "InvalidStateTransition"]));
+}
+
+/// A custom runtime that answers, then, asked to, never calls `next` again (wedged).
+const WEDGING_RUNTIME: &str = r#"
+import json, os, time, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        request_id = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = json.loads(r.read())
+    answer = json.dumps({"pid": os.getpid()}).encode()
+    urllib.request.urlopen(urllib.request.Request(api + request_id + "/response", data=answer, method="POST")).read()
+    if event.get("wedge"):
+        time.sleep(3600)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_instance_is_replaced_and_the_event_retried() {
+    let server = Server::start_with(&["--next-timeout", "500ms"], &[]);
+    let bootstrap = format!("#!/bin/sh\nexec {} runtime.py\n", crate::harness::python());
+    server
+        .deploy(
+            "wedge",
+            "provided.al2023",
+            "x",
+            &[("bootstrap", &bootstrap), ("runtime.py", WEDGING_RUNTIME)],
+            json!({"Timeout": 10}),
+        )
+        .await;
+    let first = server.invoke("wedge", r#"{"wedge": true}"#).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let wedged_pid = first.json()["pid"].clone();
+    // The next event goes to the warm (wedged) instance, which never takes it: after the
+    // bound it is killed and the event runs on a new instance, well before the timeout.
+    let started = tokio::time::Instant::now();
+    let second = server.invoke("wedge", "{}").await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.header("x-amz-function-error"),
+        None,
+        "{}",
+        second.text()
+    );
+    assert_ne!(second.json()["pid"], wedged_pid, "a new instance ran it");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for the wedged instance first"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    server
+        .eventually(
+            "the recovery to be counted",
+            Duration::from_secs(5),
+            || async {
+                let text = server
+                    .http
+                    .get(server.url("/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.contains("rampart_lambda_recoveries_total{function_name=\"wedge\"} 1")
+            },
+        )
+        .await;
 }
