@@ -16,7 +16,7 @@ use rampart_telemetry::{Aggregate, Bucket, Query};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Gateway, metric_math};
+use crate::{Gateway, cloudwatch_alarms as alarms, metric_math};
 
 /// The JSON 1.0 target prefix of CloudWatch operations.
 const TARGET_PREFIX: &str = "GraniteServiceVersion20100801.";
@@ -72,7 +72,7 @@ pub(crate) struct CwError {
 }
 
 impl CwError {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "InvalidParameterValue",
@@ -81,7 +81,7 @@ impl CwError {
         }
     }
 
-    fn missing(parameter: &str) -> Self {
+    pub(crate) fn missing(parameter: &str) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "MissingParameter",
@@ -90,7 +90,7 @@ impl CwError {
         }
     }
 
-    fn combination(message: impl Into<String>) -> Self {
+    pub(crate) fn combination(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "InvalidParameterCombination",
@@ -99,7 +99,25 @@ impl CwError {
         }
     }
 
-    fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn resource_not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "ResourceNotFound",
+            shape: "ResourceNotFoundException",
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn invalid_format(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "InvalidFormat",
+            shape: "InvalidFormatFault",
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "InternalServiceError",
@@ -185,6 +203,11 @@ async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Result<V
         "GetMetricStatistics" => get_metric_statistics(telemetry, parse(&body)?).await,
         "GetMetricData" => get_metric_data(telemetry, parse(&body)?).await,
         "ListMetrics" => list_metrics(telemetry, parse(&body)?).await,
+        "PutMetricAlarm" => alarms::put_metric_alarm(gateway, parse(&body)?).await,
+        "DescribeAlarms" => alarms::describe_alarms(gateway, parse(&body)?).await,
+        "DeleteAlarms" => alarms::delete_alarms(gateway, parse(&body)?).await,
+        "SetAlarmState" => alarms::set_alarm_state(gateway, parse(&body)?).await,
+        "DescribeAlarmHistory" => alarms::describe_alarm_history(gateway, parse(&body)?).await,
         other => Err(CwError {
             status: StatusCode::BAD_REQUEST,
             code: "InvalidAction",
@@ -217,7 +240,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, CwError> {
 
 #[derive(Deserialize, Clone)]
 #[serde(rename_all = "PascalCase")]
-struct Dimension {
+pub(crate) struct Dimension {
     name: String,
     value: String,
 }
@@ -274,7 +297,7 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), CwError> {
 }
 
 /// Checks the dimensions found at parameter `path` (`MetricData.member.1.Dimensions`).
-fn check_dimensions(
+pub(crate) fn check_dimensions(
     dimensions: &[Dimension],
     path: &str,
 ) -> Result<Vec<(String, String)>, CwError> {
@@ -449,23 +472,7 @@ async fn put_metric_data(
     Ok(json!({}))
 }
 
-/// A statistic's value over a bucket: `SampleCount`, `Sum`, `Average`, `Minimum`, `Maximum`
-/// or a percentile `pNN` (absent when the values do not support percentiles).
-fn statistic(values: &Aggregate, stat: &str) -> Option<f64> {
-    match stat {
-        "SampleCount" => Some(values.count),
-        "Sum" => Some(values.sum),
-        "Average" => Some(values.average()),
-        "Minimum" => Some(values.min),
-        "Maximum" => Some(values.max),
-        p => values.percentile(parse_percentile(p)?),
-    }
-}
-
-fn parse_percentile(stat: &str) -> Option<f64> {
-    let n: f64 = stat.strip_prefix('p')?.parse().ok()?;
-    (0.0..=100.0).contains(&n).then_some(n)
-}
+use rampart_telemetry::{parse_percentile, statistic};
 
 fn check_period(period: Option<i64>) -> Result<u32, CwError> {
     let period = period.ok_or_else(|| CwError::missing("Period"))?;

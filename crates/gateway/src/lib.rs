@@ -8,6 +8,7 @@
 mod async_queue;
 mod audit;
 mod cloudwatch;
+mod cloudwatch_alarms;
 mod control;
 mod error;
 mod event_config;

@@ -67,6 +67,9 @@ struct ServeArgs {
     /// Longest init of an instance before it goes on inside the invocation (Lambda: 10 s).
     #[arg(long, env = "RAMPART_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     init_timeout: std::time::Duration,
+    /// How often alarms are evaluated.
+    #[arg(long, env = "RAMPART_ALARM_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    alarm_interval: std::time::Duration,
     /// Longest a warm instance may take to ask for a delivered event before it is replaced
     /// (a wedged runtime) and the event retried on another instance.
     #[arg(long, env = "RAMPART_NEXT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -551,6 +554,7 @@ async fn serve(args: ServeArgs, project: Option<Manifest>) -> Result<ExitCode> {
         force_rlimit: args.sandbox == "rlimit",
         init_timeout: args.init_timeout,
         next_timeout: args.next_timeout,
+        alarm_interval: args.alarm_interval,
         telemetry: args.telemetry == "on",
         otlp_endpoint: args.otlp_endpoint,
         trace_sample_rate: args.trace_sample_rate,

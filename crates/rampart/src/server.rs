@@ -41,6 +41,8 @@ pub struct Options {
     pub init_timeout: Duration,
     /// Longest a warm instance may take to ask for a delivered event.
     pub next_timeout: Duration,
+    /// How often alarms are evaluated.
+    pub alarm_interval: Duration,
     /// How asynchronous events are retried.
     pub async_settings: rampart_gateway::AsyncSettings,
     /// Record metrics.
@@ -194,7 +196,7 @@ pub async fn start(options: Options) -> Result<Running> {
     tasks.spawn(dispatcher.clone().run_maintenance(shutdown.child_token()));
     // Stopped after the drain, so the last invocations' metrics are flushed.
     let telemetry_done = CancellationToken::new();
-    let telemetry_task = tokio::spawn(telemetry.run(telemetry_done.clone()));
+    let telemetry_task = tokio::spawn(telemetry.clone().run(telemetry_done.clone()));
     // Stopped last, so the spans of the drained invocations are sent.
     let exporter_done = CancellationToken::new();
     let exporter_task = exporter.map(|e| tokio::spawn(e.run(exporter_done.clone())));
@@ -202,6 +204,11 @@ pub async fn start(options: Options) -> Result<Running> {
         gateway
             .clone()
             .run_sampler(Duration::from_secs(5), shutdown.child_token()),
+    );
+    tasks.spawn(
+        telemetry
+            .clone()
+            .run_alarms(options.alarm_interval, shutdown.child_token()),
     );
     let queue_stop = CancellationToken::new();
     let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));

@@ -6,6 +6,7 @@
 //! installed atomically before the row that refers to them is committed.
 #![warn(missing_docs)]
 
+mod alarms;
 mod aliases;
 mod apis;
 mod audit;
@@ -17,6 +18,7 @@ mod metrics;
 mod queue;
 mod sqlite;
 
+pub use alarms::{AlarmHistoryItem, AlarmRow};
 pub use aliases::{AliasChange, AliasRecord};
 pub use audit::{AuditCheck, AuditRecord, NewAuditRecord};
 pub use code::{CodeBundle, CodeStore};

@@ -204,6 +204,25 @@ impl Aggregate {
     }
 }
 
+/// A statistic's value over an aggregate: `SampleCount`, `Sum`, `Average`, `Minimum`,
+/// `Maximum` or a percentile `pNN` (absent when the values do not support percentiles).
+pub fn statistic(values: &Aggregate, stat: &str) -> Option<f64> {
+    match stat {
+        "SampleCount" => Some(values.count),
+        "Sum" => Some(values.sum),
+        "Average" => Some(values.average()),
+        "Minimum" => Some(values.min),
+        "Maximum" => Some(values.max),
+        p => values.percentile(parse_percentile(p)?),
+    }
+}
+
+/// `p99.9` -> 99.9, for percentiles from `p0` to `p100`.
+pub fn parse_percentile(stat: &str) -> Option<f64> {
+    let n: f64 = stat.strip_prefix('p')?.parse().ok()?;
+    (0.0..=100.0).contains(&n).then_some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

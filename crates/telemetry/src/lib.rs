@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+pub mod alarms;
 mod gateway;
 mod lambda;
 mod prometheus;
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use aggregate::Aggregate;
+pub use aggregate::{Aggregate, parse_percentile, statistic};
 pub use gateway::{API_GATEWAY_NAMESPACE, ApiMetrics, RouteMeters};
 pub use lambda::{FunctionMeters, LAMBDA_NAMESPACE, LambdaMetrics, Meter};
 use rampart_store::{MetricPoint, SeriesKey, Store, StoredPoint};
@@ -297,6 +298,94 @@ impl Telemetry {
     /// The function metrics in Prometheus text format, or OpenMetrics when `openmetrics`.
     pub fn prometheus(&self, openmetrics: bool) -> String {
         prometheus::render(&self.recorder, openmetrics)
+    }
+
+    /// Evaluates every alarm on its last N complete periods and records each change of state
+    /// (with its history). Returns the alarms that changed: `(name, from, to)`.
+    pub async fn evaluate_alarms(
+        &self,
+        now: i64,
+    ) -> rampart_store::Result<Vec<(String, String, alarms::AlarmState)>> {
+        let mut changed = Vec::new();
+        for row in self.store.list_alarms().await? {
+            let Ok(alarm) = serde_json::from_str::<alarms::MetricAlarm>(&row.definition) else {
+                tracing::warn!(alarm = %row.name, "an alarm's stored definition does not parse");
+                continue;
+            };
+            let current = alarms::AlarmState::parse(&row.state)
+                .unwrap_or(alarms::AlarmState::InsufficientData);
+            let period = i64::from(alarm.period.max(1));
+            let end = now.div_euclid(period) * period;
+            let n = i64::from(alarm.evaluation_periods.max(1));
+            let start = end - n * period;
+            let buckets = self
+                .query(&Query {
+                    key: SeriesKey::new(
+                        alarm.namespace.clone(),
+                        alarm.metric.clone(),
+                        alarm.dimensions.clone(),
+                    ),
+                    unit: alarm.unit.clone(),
+                    start,
+                    end,
+                    period: alarm.period,
+                })
+                .await?;
+            let values: Vec<Option<f64>> = (0..n)
+                .map(|i| {
+                    let ts = start + i * period;
+                    buckets
+                        .iter()
+                        .find(|b| b.ts == ts)
+                        .and_then(|b| statistic(&b.values, &alarm.statistic))
+                })
+                .collect();
+            let evaluation = alarms::evaluate(&alarm, &values, current);
+            if evaluation.state == current {
+                continue;
+            }
+            let data = serde_json::json!({
+                "version": "1.0",
+                "queryDate": now,
+                "startDate": start,
+                "statistic": alarm.statistic,
+                "period": alarm.period,
+                "recentDatapoints": values,
+                "threshold": alarm.threshold,
+            });
+            let previous = self
+                .store
+                .set_alarm_state(
+                    &row.name,
+                    evaluation.state.as_str(),
+                    evaluation.reason,
+                    Some(data.to_string()),
+                    now * 1000,
+                )
+                .await?;
+            changed.push((row.name, previous, evaluation.state));
+        }
+        Ok(changed)
+    }
+
+    /// Evaluates the alarms every `every` until `shutdown`.
+    pub async fn run_alarms(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            match self.evaluate_alarms(now_secs()).await {
+                Ok(changed) => {
+                    for (name, from, to) in changed {
+                        tracing::info!(alarm = %name, %from, to = to.as_str(), "alarm state changed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "evaluating alarms failed"),
+            }
+        }
     }
 
     /// The store the series live in (listing series).

@@ -525,3 +525,76 @@ async fn routes_count_requests_errors_and_latency() {
     let (ok, output) = run_python(&script, &[&server.endpoint]);
     assert!(ok && output.contains("route metrics ok"), "{output}");
 }
+
+const ALARMS: &str = r#"
+def alarm(name, **over):
+    args = dict(AlarmName=name, Namespace="app", MetricName="errors", Dimensions=[{"Name": "svc", "Value": "a"}],
+                Statistic="Sum", Period=10, EvaluationPeriods=2, DatapointsToAlarm=1, Threshold=5,
+                ComparisonOperator="GreaterThanThreshold", TreatMissingData="notBreaching")
+    args.update(over)
+    cw.put_metric_alarm(**args)
+
+def state(name):
+    alarms = cw.describe_alarms(AlarmNames=[name])["MetricAlarms"]
+    return alarms[0]["StateValue"] if alarms else None
+
+alarm("errors-high")
+alarm("silent-breaching", MetricName="never", TreatMissingData="breaching")
+alarm("silent-missing", MetricName="never", TreatMissingData="missing")
+described = cw.describe_alarms(AlarmNames=["errors-high"])["MetricAlarms"][0]
+assert described["AlarmArn"].endswith(":alarm:errors-high") and described["Period"] == 10, described
+assert described["ComparisonOperator"] == "GreaterThanThreshold" and described["TreatMissingData"] == "notBreaching"
+
+# No data, not breaching: OK. No data, breaching: ALARM. No data, missing: INSUFFICIENT_DATA.
+wait_for("OK with no data", lambda: state("errors-high") == "OK")
+wait_for("ALARM from missing data", lambda: state("silent-breaching") == "ALARM")
+assert state("silent-missing") == "INSUFFICIENT_DATA"
+
+# A breaching datapoint in the last complete period: ALARM within an evaluation or two.
+ten_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=10)
+cw.put_metric_data(Namespace="app", MetricData=[
+    {"MetricName": "errors", "Dimensions": [{"Name": "svc", "Value": "a"}], "Value": 9, "Timestamp": ten_ago}])
+wait_for("ALARM after a breach", lambda: state("errors-high") == "ALARM")
+described = cw.describe_alarms(StateValue="ALARM", AlarmNamePrefix="errors")["MetricAlarms"]
+assert [a["AlarmName"] for a in described] == ["errors-high"], described
+assert "Threshold Crossed" in described[0]["StateReason"] and "recentDatapoints" in described[0]["StateReasonData"]
+history = cw.describe_alarm_history(AlarmName="errors-high", HistoryItemType="StateUpdate")["AlarmHistoryItems"]
+assert any("to ALARM" in h["HistorySummary"] for h in history), history
+configs = cw.describe_alarm_history(AlarmName="errors-high", HistoryItemType="ConfigurationUpdate")["AlarmHistoryItems"]
+assert configs and configs[-1]["HistorySummary"].startswith("Alarm created"), configs
+
+# SetAlarmState holds until the next evaluation, which sets it back.
+cw.set_alarm_state(AlarmName="errors-high", StateValue="OK", StateReason="testing actions")
+history = cw.describe_alarm_history(AlarmName="errors-high", HistoryItemType="StateUpdate")["AlarmHistoryItems"]
+assert any(h["HistorySummary"] == "Alarm updated from ALARM to OK" for h in history), history
+wait_for("re-evaluated to ALARM", lambda: state("errors-high") == "ALARM")
+
+# Bad requests get CloudWatch's errors.
+assert error_code(lambda: alarm("bad", Period=7)) == ("InvalidParameterValue", 400)
+assert error_code(lambda: alarm("bad", EvaluationPeriods=1, DatapointsToAlarm=2)) == ("InvalidParameterValue", 400)
+assert error_code(lambda: alarm("bad", ExtendedStatistic="p99")) == ("InvalidParameterCombination", 400)
+assert error_code(lambda: cw.delete_alarms(AlarmNames=["nope"])) == ("ResourceNotFound", 404)
+assert error_code(lambda: cw.set_alarm_state(AlarmName="nope", StateValue="OK", StateReason="x")) == ("ResourceNotFound", 404)
+assert error_code(lambda: cw.set_alarm_state(AlarmName="errors-high", StateValue="OK", StateReason="x", StateReasonData="{bad")) == ("InvalidFormat", 400)
+
+cw.delete_alarms(AlarmNames=["silent-breaching", "silent-missing"])
+assert [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]] == ["errors-high"]
+print("alarms ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_are_defined_evaluated_and_described_through_boto3() {
+    let server = Server::start_with(&["--alarm-interval", "1s"], &[]);
+    let script = format!("{PRELUDE}{ALARMS}");
+    let (ok, output) = run_python(&script, &[&server.endpoint]);
+    assert!(ok && output.contains("alarms ok"), "{output}");
+    // Alarm changes are control actions: they are in the audit trail.
+    let (_, audit) = server
+        .get_json("/rampart/v1/audit?action=PutMetricAlarm")
+        .await;
+    assert_eq!(audit["records"].as_array().unwrap().len(), 3, "{audit}");
+    let (_, audit) = server
+        .get_json("/rampart/v1/audit?action=DeleteAlarms")
+        .await;
+    assert!(!audit["records"].as_array().unwrap().is_empty(), "{audit}");
+}
