@@ -3,7 +3,9 @@
 //! crate's evaluator; changes are recorded in the alarm history and the audit trail.
 
 use rampart_store::{AlarmRow, NewAuditRecord};
-use rampart_telemetry::alarms::{AlarmState, Comparison, MetricAlarm, TreatMissingData};
+use rampart_telemetry::alarms::{
+    AlarmState, AlarmTransition, Comparison, MetricAlarm, TreatMissingData,
+};
 use rampart_telemetry::parse_percentile;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -415,7 +417,26 @@ pub(crate) async fn set_alarm_state(
         result,
     )
     .await;
-    set.map_err(|_| not_found(format!("alarm {name} does not exist")))?;
+    let previous = set.map_err(|_| not_found(format!("alarm {name} does not exist")))?;
+    // Actions run on the change, as for an evaluated one (bounded: webhooks time out).
+    if previous != state.as_str() {
+        let rows = gateway.registry.store().list_alarms().await;
+        let alarm = rows
+            .ok()
+            .and_then(|rows| rows.into_iter().find(|r| r.name == name))
+            .and_then(|r| serde_json::from_str::<MetricAlarm>(&r.definition).ok());
+        if let Some(alarm) = alarm {
+            let transition = AlarmTransition {
+                alarm,
+                from: previous,
+                to: state,
+                reason,
+                reason_data: None,
+                ts_ms: now_ms(),
+            };
+            crate::alarm_actions::act(gateway, &reqwest::Client::new(), &transition).await;
+        }
+    }
     Ok(json!({}))
 }
 

@@ -5,6 +5,7 @@
 //! [`ApiError`] alone decides the error wire shape.
 #![warn(missing_docs)]
 
+mod alarm_actions;
 mod async_queue;
 mod audit;
 mod cloudwatch;

@@ -205,10 +205,16 @@ pub async fn start(options: Options) -> Result<Running> {
             .clone()
             .run_sampler(Duration::from_secs(5), shutdown.child_token()),
     );
+    let (transitions_tx, transitions_rx) = mpsc::channel(256);
+    tasks.spawn(telemetry.clone().run_alarms(
+        options.alarm_interval,
+        transitions_tx,
+        shutdown.child_token(),
+    ));
     tasks.spawn(
-        telemetry
+        gateway
             .clone()
-            .run_alarms(options.alarm_interval, shutdown.child_token()),
+            .run_alarm_actions(transitions_rx, shutdown.child_token()),
     );
     let queue_stop = CancellationToken::new();
     let queue_worker = tokio::spawn(gateway.clone().run_async_worker(queue_stop.clone()));

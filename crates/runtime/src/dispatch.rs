@@ -454,6 +454,13 @@ impl Dispatcher {
         self.retire_where(name, |_| true, true);
     }
 
+    /// Replaces every instance of a function, gracefully: idle ones stop now, busy ones
+    /// finish their invocation first, and new invocations start new instances. Its
+    /// concurrency settings stay.
+    pub fn recycle_function(&self, name: &str) {
+        self.retire_where(name, |_| true, false);
+    }
+
     fn retire_where(&self, name: &str, matches: impl Fn(&str) -> bool, forget: bool) {
         let fp = {
             let mut functions = self.inner.functions.lock().expect("functions lock");

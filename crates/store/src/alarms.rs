@@ -168,6 +168,23 @@ impl Store {
         .await
     }
 
+    /// Adds a history item (an action's outcome).
+    pub async fn record_alarm_history(
+        &self,
+        alarm: &str,
+        kind: &'static str,
+        summary: String,
+        data: String,
+        now_ms: i64,
+    ) -> Result<()> {
+        let alarm = alarm.to_owned();
+        self.write(move |conn| {
+            history(conn, &alarm, now_ms, kind, &summary, &data)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// History items, newest first, optionally of one alarm and kind, within a time range.
     pub async fn alarm_history(
         &self,

@@ -120,6 +120,37 @@ pub struct MetricAlarm {
     pub treat_missing_data: TreatMissingData,
 }
 
+/// An alarm that changed state: what its actions act on.
+#[derive(Debug, Clone)]
+pub struct AlarmTransition {
+    /// The alarm's definition.
+    pub alarm: MetricAlarm,
+    /// The state it left.
+    pub from: String,
+    /// The state it entered.
+    pub to: AlarmState,
+    /// Why.
+    pub reason: String,
+    /// Detail (JSON), if any.
+    pub reason_data: Option<String>,
+    /// When, epoch ms.
+    pub ts_ms: i64,
+}
+
+impl AlarmTransition {
+    /// The actions configured for the entered state (none when actions are disabled).
+    pub fn actions(&self) -> &[String] {
+        if !self.alarm.actions_enabled {
+            return &[];
+        }
+        match self.to {
+            AlarmState::Alarm => &self.alarm.alarm_actions,
+            AlarmState::Ok => &self.alarm.ok_actions,
+            AlarmState::InsufficientData => &self.alarm.insufficient_data_actions,
+        }
+    }
+}
+
 /// The outcome of one evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {

@@ -305,7 +305,7 @@ impl Telemetry {
     pub async fn evaluate_alarms(
         &self,
         now: i64,
-    ) -> rampart_store::Result<Vec<(String, String, alarms::AlarmState)>> {
+    ) -> rampart_store::Result<Vec<alarms::AlarmTransition>> {
         let mut changed = Vec::new();
         for row in self.store.list_alarms().await? {
             let Ok(alarm) = serde_json::from_str::<alarms::MetricAlarm>(&row.definition) else {
@@ -358,18 +358,31 @@ impl Telemetry {
                 .set_alarm_state(
                     &row.name,
                     evaluation.state.as_str(),
-                    evaluation.reason,
+                    evaluation.reason.clone(),
                     Some(data.to_string()),
                     now * 1000,
                 )
                 .await?;
-            changed.push((row.name, previous, evaluation.state));
+            changed.push(alarms::AlarmTransition {
+                alarm,
+                from: previous,
+                to: evaluation.state,
+                reason: evaluation.reason,
+                reason_data: Some(data.to_string()),
+                ts_ms: now * 1000,
+            });
         }
         Ok(changed)
     }
 
-    /// Evaluates the alarms every `every` until `shutdown`.
-    pub async fn run_alarms(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+    /// Evaluates the alarms every `every` until `shutdown`, handing each change of state to
+    /// `transitions` (whose consumer runs the alarm's actions).
+    pub async fn run_alarms(
+        self: Arc<Self>,
+        every: Duration,
+        transitions: tokio::sync::mpsc::Sender<alarms::AlarmTransition>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -379,8 +392,11 @@ impl Telemetry {
             }
             match self.evaluate_alarms(now_secs()).await {
                 Ok(changed) => {
-                    for (name, from, to) in changed {
-                        tracing::info!(alarm = %name, %from, to = to.as_str(), "alarm state changed");
+                    for transition in changed {
+                        tracing::info!(alarm = %transition.alarm.name, from = %transition.from, to = transition.to.as_str(), "alarm state changed");
+                        if transitions.send(transition).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "evaluating alarms failed"),

@@ -2,6 +2,8 @@
 //! boto3 (put, get, list, errors, gzip), and a function publishing a custom metric with
 //! unmodified boto3 code.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::{Server, rampart_cli, run_python};
@@ -597,4 +599,101 @@ async fn alarms_are_defined_evaluated_and_described_through_boto3() {
         .get_json("/rampart/v1/audit?action=DeleteAlarms")
         .await;
     assert!(!audit["records"].as_array().unwrap().is_empty(), "{audit}");
+}
+
+const ALARM_ACTIONS: &str = r#"
+hook = sys.argv[2]
+cw.put_metric_alarm(AlarmName="act", Namespace="app", MetricName="quiet", Statistic="Sum", Period=60,
+    EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold", TreatMissingData="ignore",
+    AlarmActions=["arn:aws:lambda:us-east-1:000000000000:function:on-alarm", hook,
+                  "rampart:recycle:target", "mailto:ops@example.com"])
+cw.set_alarm_state(AlarmName="act", StateValue="ALARM", StateReason="drill")
+items = cw.describe_alarm_history(AlarmName="act", HistoryItemType="Action")["AlarmHistoryItems"]
+summaries = sorted(i["HistorySummary"] for i in items)
+assert len(summaries) == 4, summaries
+assert sum(s.startswith("Successfully executed action") for s in summaries) == 3, summaries
+assert any(s.startswith("Failed to execute action mailto:") for s in summaries), summaries
+print("alarm actions ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_actions_invoke_post_and_recycle() {
+    // A webhook that fails its first call: the action retries.
+    let posts: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let kept = posts.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+            let kept = kept.clone();
+            async move {
+                let mut posts = kept.lock().unwrap();
+                posts.push(body.0);
+                if posts.len() == 1 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = Server::start();
+    server
+        .deploy(
+            "on-alarm",
+            "python3.12",
+            "app.handler",
+            &[("app.py", "import json\ndef handler(event, context):\n    print('record ' + json.dumps(event))\n")],
+            json!({}),
+        )
+        .await;
+    server
+        .deploy(
+            "target",
+            "python3.12",
+            "app.handler",
+            &[(
+                "app.py",
+                "import os\ndef handler(event, context):\n    return os.getpid()\n",
+            )],
+            json!({}),
+        )
+        .await;
+    let before = server.invoke("target", "{}").await.json();
+    let script = format!("{PRELUDE}{ALARM_ACTIONS}");
+    let (ok, output) = run_python(&script, &[&server.endpoint, &hook]);
+    assert!(ok && output.contains("alarm actions ok"), "{output}");
+    // The webhook got the record (on the second attempt).
+    let got = posts.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["alarmData"]["alarmName"], "act");
+    assert_eq!(got[1]["alarmData"]["state"]["value"], "ALARM");
+    assert_eq!(
+        got[1]["alarmData"]["previousState"]["value"],
+        "INSUFFICIENT_DATA"
+    );
+    // The function was invoked asynchronously with it.
+    server
+        .eventually(
+            "the alarm record to reach on-alarm",
+            Duration::from_secs(10),
+            || async {
+                server.log_lines("on-alarm").await.iter().any(|l| {
+                    l["line"].as_str().is_some_and(|t| {
+                        t.starts_with("record ") && t.contains("\"alarmName\": \"act\"")
+                    })
+                })
+            },
+        )
+        .await;
+    // The target's instances were replaced.
+    let after = server.invoke("target", "{}").await.json();
+    assert_ne!(before, after, "a new instance answers after the recycle");
+    let (_, audit) = server
+        .get_json("/rampart/v1/audit?action=AlarmAction")
+        .await;
+    assert_eq!(audit["records"].as_array().unwrap().len(), 4, "{audit}");
 }
