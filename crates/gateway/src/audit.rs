@@ -44,6 +44,8 @@ fn action(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", "/2015-03-31/functions/{name}/aliases") => "CreateAlias20150331",
         ("PUT", "/2015-03-31/functions/{name}/aliases/{alias}") => "UpdateAlias20150331",
         ("DELETE", "/2015-03-31/functions/{name}/aliases/{alias}") => "DeleteAlias20150331",
+        ("POST", "/rampart/v1/functions/{name}/deployments") => "StartDeployment",
+        ("POST", "/rampart/v1/functions/{name}/deployments/rollback") => "RollbackDeployment",
         ("POST", "/rampart/v1/functions/{name}/dlq/replay") => "ReplayDeadLetters",
         ("DELETE", "/rampart/v1/functions/{name}/dlq") => "PurgeDeadLetters",
         ("POST", "/rampart/v1/keys") => "CreateApiKey",

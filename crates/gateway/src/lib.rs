@@ -11,6 +11,7 @@ mod audit;
 mod cloudwatch;
 mod cloudwatch_alarms;
 mod control;
+mod deployments;
 mod error;
 mod event_config;
 mod http_api;
@@ -36,6 +37,7 @@ use rampart_runtime::Dispatcher;
 use rampart_telemetry::Telemetry;
 
 pub use async_queue::AsyncSettings;
+pub use deployments::{Preference, Strategy};
 pub use error::ApiError;
 pub use registry::{Deployed, Registry};
 pub use routes::RouteTable;
@@ -60,6 +62,12 @@ pub struct Gateway {
     async_settings: AsyncSettings,
     /// Counters of asynchronous events by function.
     async_counters: std::sync::Mutex<HashMap<String, async_queue::AsyncCounters>>,
+    /// Running deployments' rollback switches.
+    deployments: deployments::Running,
+    /// The tasks driving deployments.
+    deployment_tasks: tokio_util::task::TaskTracker,
+    /// Stops every deployment (the server is stopping: they roll back).
+    deployments_stop: tokio_util::sync::CancellationToken,
     /// Event invoke configurations by (function, qualifier), with their last change (ms).
     event_configs: RwLock<HashMap<(String, String), (EventInvokeConfig, i64)>>,
 }
@@ -93,7 +101,10 @@ impl Gateway {
             .into_iter()
             .map(|(f, q, c, t)| ((f, q), (c, t)))
             .collect();
-        Ok(Arc::new(Self {
+        let gateway = Arc::new(Self {
+            deployments: deployments::Running::default(),
+            deployment_tasks: tokio_util::task::TaskTracker::new(),
+            deployments_stop: tokio_util::sync::CancellationToken::new(),
             async_settings,
             async_counters: std::sync::Mutex::default(),
             event_configs: RwLock::new(event_configs),
@@ -106,7 +117,24 @@ impl Gateway {
             draining: AtomicBool::new(false),
             routes: RwLock::new(Arc::new(routes)),
             api_changes: tokio::sync::Mutex::new(()),
-        }))
+        });
+        gateway
+            .roll_back_interrupted()
+            .await
+            .map_err(|e| format!("rolling back interrupted deployments: {}", e.message()))?;
+        Ok(gateway)
+    }
+
+    /// Stops the running deployments (each rolls back) and waits for them, within `bound`.
+    pub async fn stop_deployments(&self, bound: std::time::Duration) {
+        self.deployments_stop.cancel();
+        self.deployment_tasks.close();
+        if tokio::time::timeout(bound, self.deployment_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("deployments did not roll back in time");
+        }
     }
 
     /// The event invoke configuration of `function:qualifier`, if one is set.
@@ -276,6 +304,15 @@ impl Gateway {
                 get(manage::dead_letters).delete(manage::purge_dead_letters),
             )
             .route("/metrics", get(manage::prometheus))
+            .route("/rampart/v1/deployments", get(deployments::list))
+            .route(
+                "/rampart/v1/functions/{name}/deployments",
+                post(deployments::start),
+            )
+            .route(
+                "/rampart/v1/functions/{name}/deployments/rollback",
+                post(deployments::rollback),
+            )
             .route("/rampart/v1/audit", get(audit::list))
             .route("/rampart/v1/audit/verify", get(audit::verify))
             // After the routes: it needs the matched route to name the action.

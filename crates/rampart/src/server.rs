@@ -245,6 +245,8 @@ pub async fn start(options: Options) -> Result<Running> {
         token.cancelled().await;
         tracing::info!("draining: new invocations get 503");
         gateway.start_draining();
+        // Deployments in progress roll back: no half-shifted alias is left unwatched.
+        gateway.stop_deployments(Duration::from_secs(10)).await;
         // Stop claiming queued events; deliveries in flight finish with the drain below.
         queue_stop.cancel();
         dispatcher.shutdown(options.drain_timeout).await;

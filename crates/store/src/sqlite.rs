@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_event_traces.sql"),
     include_str!("migrations/0011_aliases.sql"),
     include_str!("migrations/0012_alarms.sql"),
+    include_str!("migrations/0013_deployments.sql"),
 ];
 
 /// Most writes one transaction takes: bounds the time a batch holds the write lock.

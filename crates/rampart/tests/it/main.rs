@@ -5,6 +5,7 @@ mod async_queue;
 mod audit;
 mod clients;
 mod control;
+mod deployments;
 mod failures;
 mod harness;
 mod http_api;
