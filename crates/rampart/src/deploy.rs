@@ -22,12 +22,21 @@ pub struct Deployed {
     /// The function.
     pub name: String,
     /// `created`, `updated` or `unchanged`.
-    pub action: &'static str,
+    pub action: String,
 }
 
 /// Deploys every function of `manifest`.
 pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed>> {
     let mut done = Vec::new();
+    for alarm in &manifest.alarms {
+        let input = alarm.put_metric_alarm()?;
+        let name = input["AlarmName"].as_str().unwrap_or_default().to_owned();
+        client.cloudwatch("PutMetricAlarm", &input).await?;
+        done.push(Deployed {
+            name: format!("alarm {name}"),
+            action: "put".into(),
+        });
+    }
     for function in &manifest.functions {
         if let Some(build) = &function.build {
             run_build(&manifest.dir, build, function.name.as_str()).await?;
@@ -38,7 +47,7 @@ pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed
             tokio::task::spawn_blocking(move || package(code_dir.as_deref(), bootstrap.as_deref()))
                 .await
                 .context("packaging task failed")??;
-        let action = deploy_one(client, function, &zip).await?;
+        let mut action = deploy_one(client, function, &zip).await?.to_owned();
         if let Some(config) = &function.event_invoke {
             let body = serde_json::json!({
                 "MaximumRetryAttempts": config.maximum_retry_attempts,
@@ -60,6 +69,23 @@ pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed
                 )
                 .await?;
         }
+        if let Some(preference) = &function.deployment {
+            let started = client
+                .manage(
+                    reqwest::Method::POST,
+                    &format!("/rampart/v1/functions/{}/deployments", function.name),
+                    Some(serde_json::to_value(preference).context("encoding the deployment")?),
+                    &format!("deploying {} gradually", function.name),
+                )
+                .await?;
+            action = format!(
+                "{action}; deployment {} to version {} behind alias {}: {}",
+                started["DeploymentId"].as_str().unwrap_or("?"),
+                started["ToVersion"].as_str().unwrap_or("?"),
+                preference.alias,
+                started["Status"].as_str().unwrap_or("?")
+            );
+        }
         done.push(Deployed {
             name: function.name.to_string(),
             action,
@@ -69,7 +95,7 @@ pub async fn deploy(client: &Client, manifest: &Manifest) -> Result<Vec<Deployed
         client.put_api(api).await?;
         done.push(Deployed {
             name: format!("api {}", api.name),
-            action: "deployed",
+            action: "deployed".into(),
         });
     }
     Ok(done)

@@ -127,12 +127,33 @@ enum Command {
     #[command(
         after_help = "Example:\n  rampart deploy examples/counter --endpoint http://127.0.0.1:9000"
     )]
+    #[command(
+        after_help = "Examples:\n  rampart deploy examples/counter\n  rampart deploy rollback counter   # stop a gradual deployment: all traffic back to the old version"
+    )]
     Deploy {
-        /// Project directory holding rampart.toml.
+        /// Project directory holding rampart.toml (or `rollback`, then the function).
         dir: PathBuf,
+        /// With `rollback`: the function whose deployment is stopped.
+        function: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
+    /// Show gradual deployments (newest first), or follow them until they end.
+    #[command(
+        after_help = "Examples:\n  rampart deployments\n  rampart deployments counter --watch"
+    )]
+    Deployments {
+        /// Only this function's.
+        function: Option<String>,
+        /// Redraw every second until none is in progress.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Metric alarms: list, force a state, delete, history.
+    #[command(subcommand)]
+    Alarms(AlarmsCommand),
     /// Invoke a function synchronously and print its result.
     #[command(
         after_help = "Examples:\n  rampart invoke counter --payload '{\"counter\": 1, \"operation\": \"increment\"}'\n  rampart invoke counter:3 --payload @event.json --tail"
@@ -272,6 +293,45 @@ enum AuditCommand {
     /// Check the whole hash chain: exits 1 naming each edited, removed or reordered record.
     #[command(after_help = "Example:\n  rampart audit verify")]
     Verify {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlarmsCommand {
+    /// List alarms with their state.
+    #[command(after_help = "Example:\n  rampart alarms list")]
+    List {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Set an alarm's state until its next evaluation (runs its actions on a change).
+    #[command(after_help = "Example:\n  rampart alarms set-state errors-high ALARM --reason drill")]
+    SetState {
+        /// The alarm.
+        name: String,
+        /// OK, ALARM or INSUFFICIENT_DATA.
+        state: String,
+        /// Why.
+        #[arg(long, default_value = "set by rampart alarms set-state")]
+        reason: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Delete an alarm.
+    #[command(after_help = "Example:\n  rampart alarms delete errors-high")]
+    Delete {
+        /// The alarm.
+        name: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// An alarm's history: configuration changes, state changes and actions.
+    #[command(after_help = "Example:\n  rampart alarms history errors-high")]
+    History {
+        /// The alarm.
+        name: String,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -461,7 +521,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let manifest = Manifest::load(&dir)?;
             serve(args, Some(manifest)).await
         }
-        Command::Deploy { dir, endpoint } => {
+        Command::Deploy {
+            dir,
+            function: Some(function),
+            endpoint,
+        } if dir.as_os_str() == "rollback" => {
+            let client = Client::new(&endpoint.endpoint)?;
+            client
+                .manage(
+                    reqwest::Method::POST,
+                    &format!("/rampart/v1/functions/{function}/deployments/rollback"),
+                    None,
+                    &format!("rolling back the deployment of {function}"),
+                )
+                .await?;
+            println!("rolling back the deployment of {function}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deployments {
+            function,
+            watch,
+            endpoint,
+        } => deployments(&endpoint.endpoint, function, watch).await,
+        Command::Alarms(command) => alarms(command).await,
+        Command::Deploy { dir, endpoint, .. } => {
             let manifest = Manifest::load(&dir)?;
             let client = Client::new(&endpoint.endpoint)?;
             for d in deploy::deploy(&client, &manifest).await? {
@@ -715,6 +798,122 @@ async fn functions(command: FunctionsCommand) -> Result<ExitCode> {
             let client = Client::new(&endpoint.endpoint)?;
             client.delete_function(&function).await?;
             println!("deleted {function}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn deployments(endpoint: &str, function: Option<String>, watch: bool) -> Result<ExitCode> {
+    let client = Client::new(endpoint)?;
+    let path = match &function {
+        Some(f) => format!("/rampart/v1/deployments?function={f}"),
+        None => "/rampart/v1/deployments".to_owned(),
+    };
+    loop {
+        let list = client
+            .manage(reqwest::Method::GET, &path, None, "listing deployments")
+            .await?;
+        let rows = list["Deployments"].as_array().cloned().unwrap_or_default();
+        let mut table = format!(
+            "{:<12} {:<20} {:<10} {:>5} {:>5} {:<11} {:>7}  REASON\n",
+            "ID", "FUNCTION", "ALIAS", "FROM", "TO", "STATUS", "WEIGHT"
+        );
+        for d in &rows {
+            let text = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+            table.push_str(&format!(
+                "{:<12} {:<20} {:<10} {:>5} {:>5} {:<11} {:>6.0}%  {}\n",
+                text("DeploymentId"),
+                text("FunctionName"),
+                text("Alias"),
+                text("FromVersion"),
+                text("ToVersion"),
+                text("Status"),
+                d["Weight"].as_f64().unwrap_or(0.0) * 100.0,
+                text("Reason")
+            ));
+        }
+        let running = rows.iter().any(|d| d["Status"] == "InProgress");
+        if !watch {
+            print!("{table}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("\x1b[H\x1b[2J{table}");
+        std::io::stdout().flush().context("printing deployments")?;
+        if !running {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+async fn alarms(command: AlarmsCommand) -> Result<ExitCode> {
+    match command {
+        AlarmsCommand::List { endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let list = client
+                .cloudwatch("DescribeAlarms", &serde_json::json!({}))
+                .await?;
+            println!("{:<32} {:<18} {:<24} REASON", "NAME", "STATE", "METRIC");
+            for a in list["MetricAlarms"].as_array().into_iter().flatten() {
+                let text = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+                println!(
+                    "{:<32} {:<18} {:<24} {}",
+                    text("AlarmName"),
+                    text("StateValue"),
+                    text("MetricName"),
+                    text("StateReason")
+                );
+            }
+        }
+        AlarmsCommand::SetState {
+            name,
+            state,
+            reason,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            client
+                .cloudwatch(
+                    "SetAlarmState",
+                    &serde_json::json!({"AlarmName": name, "StateValue": state, "StateReason": reason}),
+                )
+                .await?;
+            println!("{name} is {state}");
+        }
+        AlarmsCommand::Delete { name, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            client
+                .cloudwatch("DeleteAlarms", &serde_json::json!({"AlarmNames": [name]}))
+                .await?;
+            println!("deleted {name}");
+        }
+        AlarmsCommand::History { name, endpoint } => {
+            let client = Client::new(&endpoint.endpoint)?;
+            let history = client
+                .cloudwatch(
+                    "DescribeAlarmHistory",
+                    &serde_json::json!({"AlarmName": name}),
+                )
+                .await?;
+            for item in history["AlarmHistoryItems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let time = item["Timestamp"]
+                    .as_f64()
+                    .and_then(|t| jiff::Timestamp::from_millisecond((t * 1000.0) as i64).ok())
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{time}  {:<20} {}",
+                    item["HistoryItemType"].as_str().unwrap_or_default(),
+                    item["HistorySummary"].as_str().unwrap_or_default()
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -63,6 +63,93 @@ struct FunctionEntry {
     bootstrap: Option<PathBuf>,
     #[serde(default)]
     event_invoke: Option<EventInvokeEntry>,
+    #[serde(default)]
+    deployment: Option<DeploymentEntry>,
+}
+
+/// `[function.deployment]`: how `rampart deploy` moves an alias to the new version.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentEntry {
+    alias: String,
+    /// `AllAtOnce`, `Canary`, `Linear`, or a CodeDeploy name (`Canary10Percent5Minutes`).
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    percent: Option<f64>,
+    /// Overrides the step interval (`5m`, `10s`).
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    alarms: Vec<String>,
+    #[serde(default)]
+    pre_traffic_hook: Option<String>,
+    #[serde(default)]
+    post_traffic_hook: Option<String>,
+    #[serde(default)]
+    built_in_guard: Option<bool>,
+}
+
+/// `[[alarm]]`: a metric alarm, put with PutMetricAlarm by `rampart deploy`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmEntry {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "lambda_namespace")]
+    namespace: String,
+    metric: String,
+    #[serde(default)]
+    dimensions: BTreeMap<String, String>,
+    statistic: String,
+    period: String,
+    evaluation_periods: u32,
+    #[serde(default)]
+    datapoints_to_alarm: Option<u32>,
+    threshold: f64,
+    comparison: String,
+    #[serde(default)]
+    treat_missing_data: Option<String>,
+    #[serde(default)]
+    actions: Vec<String>,
+    #[serde(default)]
+    ok_actions: Vec<String>,
+}
+
+fn lambda_namespace() -> String {
+    "AWS/Lambda".into()
+}
+
+impl AlarmEntry {
+    /// The PutMetricAlarm input of this alarm.
+    pub fn put_metric_alarm(&self) -> Result<serde_json::Value> {
+        let period = parse_duration(&self.period)
+            .map_err(|m| anyhow::anyhow!("alarm '{}': period: {m}", self.name))?
+            .as_secs();
+        let percentile = self.statistic.starts_with('p');
+        let mut input = serde_json::json!({
+            "AlarmName": self.name,
+            "AlarmDescription": self.description.clone().unwrap_or_default(),
+            "Namespace": self.namespace,
+            "MetricName": self.metric,
+            "Dimensions": self.dimensions.iter().map(|(k, v)| serde_json::json!({"Name": k, "Value": v})).collect::<Vec<_>>(),
+            "Period": period,
+            "EvaluationPeriods": self.evaluation_periods,
+            "DatapointsToAlarm": self.datapoints_to_alarm.unwrap_or(self.evaluation_periods),
+            "Threshold": self.threshold,
+            "ComparisonOperator": self.comparison,
+            "TreatMissingData": self.treat_missing_data.clone().unwrap_or_else(|| "missing".into()),
+            "AlarmActions": self.actions,
+            "OKActions": self.ok_actions,
+        });
+        input[if percentile {
+            "ExtendedStatistic"
+        } else {
+            "Statistic"
+        }] = serde_json::json!(self.statistic);
+        Ok(input)
+    }
 }
 
 /// `[function.event_invoke]`: retries, event age and destinations of asynchronous invocations.
@@ -86,6 +173,8 @@ struct ManifestFile {
     function: Vec<toml::Value>,
     #[serde(default)]
     api: Vec<toml::Value>,
+    #[serde(default)]
+    alarm: Vec<AlarmEntry>,
 }
 
 /// An API as the manifest declares it (`route` entries under `[[api.route]]`).
@@ -107,6 +196,71 @@ struct ApiEntry {
     stage_variables: std::collections::BTreeMap<String, String>,
 }
 
+fn deployment_preference(
+    d: DeploymentEntry,
+) -> Result<rampart_gateway::Preference, (&'static str, String)> {
+    use rampart_gateway::Strategy;
+    let interval = d
+        .interval
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| ("deployment.interval", m))?
+        .map(|i| i.as_secs());
+    let kind = d.kind.as_deref().unwrap_or("AllAtOnce");
+    let strategy = match kind {
+        "AllAtOnce" => Strategy::AllAtOnce,
+        "Canary" | "Linear" => {
+            let percent = d
+                .percent
+                .ok_or(("deployment.percent", format!("is required for {kind}")))?;
+            let interval_secs =
+                interval.ok_or(("deployment.interval", format!("is required for {kind}")))?;
+            if kind == "Canary" {
+                Strategy::Canary {
+                    percent,
+                    interval_secs,
+                }
+            } else {
+                Strategy::Linear {
+                    percent,
+                    interval_secs,
+                }
+            }
+        }
+        name => match (Strategy::from_name(name), interval) {
+            (Some(Strategy::Canary { percent, .. }), Some(interval_secs)) => Strategy::Canary {
+                percent,
+                interval_secs,
+            },
+            (Some(Strategy::Linear { percent, .. }), Some(interval_secs)) => Strategy::Linear {
+                percent,
+                interval_secs,
+            },
+            (Some(s), _) => s,
+            (None, _) => {
+                return Err((
+                    "deployment.type",
+                    format!(
+                        "'{name}' is not AllAtOnce, Canary, Linear or a CodeDeploy configuration name"
+                    ),
+                ));
+            }
+        },
+    };
+    if d.alias.is_empty() || d.alias.chars().all(|c| c.is_ascii_digit()) {
+        return Err(("deployment.alias", "must be an alias name".into()));
+    }
+    Ok(rampart_gateway::Preference {
+        alias: d.alias,
+        strategy,
+        alarms: d.alarms,
+        pre_traffic_hook: d.pre_traffic_hook,
+        post_traffic_hook: d.post_traffic_hook,
+        built_in_guard: d.built_in_guard.unwrap_or(true),
+    })
+}
+
 /// A validated function of a project.
 #[derive(Debug, Clone)]
 pub struct ProjectFunction {
@@ -122,6 +276,8 @@ pub struct ProjectFunction {
     pub bootstrap: Option<PathBuf>,
     /// Its asynchronous-invocation settings, when declared.
     pub event_invoke: Option<rampart_model::EventInvokeConfig>,
+    /// How a deploy moves its alias to the new version, when declared.
+    pub deployment: Option<rampart_gateway::Preference>,
 }
 
 /// The project of a directory.
@@ -133,6 +289,8 @@ pub struct Manifest {
     pub functions: Vec<ProjectFunction>,
     /// Its HTTP APIs.
     pub apis: Vec<rampart_model::ApiSpec>,
+    /// Its metric alarms (put before the functions, so deployments can be guarded by them).
+    pub alarms: Vec<AlarmEntry>,
 }
 
 impl Manifest {
@@ -204,10 +362,16 @@ impl Manifest {
             }
             apis.push(api);
         }
+        for alarm in &raw.alarm {
+            alarm
+                .put_metric_alarm()
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             functions,
             apis,
+            alarms: raw.alarm,
         })
     }
 }
@@ -292,7 +456,9 @@ impl FunctionEntry {
                 Some(c)
             }
         };
+        let deployment = self.deployment.map(deployment_preference).transpose()?;
         Ok(ProjectFunction {
+            deployment,
             event_invoke,
             name,
             config,

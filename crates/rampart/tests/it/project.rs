@@ -246,3 +246,96 @@ async fn logs_filter_by_level_text_and_time() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_applies_alarms_and_gradual_deployments_from_the_manifest() {
+    let server = Server::start();
+    let ep = server.endpoint.clone();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("code")).unwrap();
+    let write_code = |tag: u32| {
+        std::fs::write(
+            dir.path().join("code/app.py"),
+            format!("def handler(event, context):\n    return {tag}\n"),
+        )
+        .unwrap();
+    };
+    write_code(1);
+    std::fs::write(
+        dir.path().join("rampart.toml"),
+        r#"
+[[alarm]]
+name = "shop-errors"
+metric = "Errors"
+dimensions = { FunctionName = "shop" }
+statistic = "Sum"
+period = "1m"
+evaluation_periods = 1
+threshold = 5
+comparison = "GreaterThanThreshold"
+treat_missing_data = "notBreaching"
+
+[[function]]
+name = "shop"
+runtime = "python3.12"
+handler = "app.handler"
+code = "code"
+
+[function.deployment]
+alias = "live"
+type = "Canary10Percent5Minutes"
+interval = "1s"
+alarms = ["shop-errors"]
+"#,
+    )
+    .unwrap();
+    let project = dir.path().to_str().unwrap().to_owned();
+    let (ok, out, err) = rampart(&ep, &["deploy", &project]);
+    assert!(ok, "{err}");
+    assert!(out.contains("alarm shop-errors: put"), "{out}");
+    assert!(
+        out.contains("behind alias live: Succeeded"),
+        "the first deploy points the alias: {out}"
+    );
+    write_code(2);
+    let (ok, out, err) = rampart(&ep, &["deploy", &project]);
+    assert!(ok && out.contains("InProgress"), "{out}{err}");
+    server
+        .eventually_static(
+            "the canary to complete",
+            std::time::Duration::from_secs(20),
+            || {
+                rampart(&ep, &["deployments", "shop"])
+                    .1
+                    .lines()
+                    .nth(1)
+                    .is_some_and(|l| l.contains("Succeeded"))
+            },
+        )
+        .await;
+    let r = server.invoke("shop:live", "{}").await;
+    assert_eq!(r.text(), "2", "the alias serves the new version");
+    let (ok, out, _) = rampart(&ep, &["alarms", "list"]);
+    assert!(ok && out.contains("shop-errors"), "{out}");
+    let (ok, _, err) = rampart(
+        &ep,
+        &[
+            "alarms",
+            "set-state",
+            "shop-errors",
+            "ALARM",
+            "--reason",
+            "drill",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = rampart(&ep, &["alarms", "history", "shop-errors"]);
+    assert!(ok && out.contains("Alarm updated from"), "{out}");
+    let (ok, _, err) = rampart(&ep, &["deploy", "rollback", "shop"]);
+    assert!(
+        !ok && err.contains("no deployment of shop is in progress"),
+        "{err}"
+    );
+    let (ok, out, _) = rampart(&ep, &["alarms", "delete", "shop-errors"]);
+    assert!(ok && out.contains("deleted"), "{out}");
+}
