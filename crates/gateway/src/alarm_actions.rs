@@ -2,7 +2,8 @@
 //! - `arn:aws:lambda:<region>:<account>:function:<name>`: invoke the function asynchronously
 //!   with the alarm's state-change record (Lambda's CloudWatch alarm event);
 //! - `http://...` or `https://...`: POST the record as JSON (5 s timeout, 3 attempts);
-//! - `rampart:recycle:<function>`: replace the function's instances, gracefully.
+//! - `rampart:recycle:<function>`: replace the function's instances, gracefully;
+//! - `rampart:rollback:<function>`: roll back the function's deployment in progress.
 //!
 //! Each outcome goes into the alarm's history (`Action`) and the audit trail.
 
@@ -54,6 +55,13 @@ async fn run(
     action: &str,
     payload: &Value,
 ) -> Result<String, String> {
+    if let Some(function) = action.strip_prefix("rampart:rollback:") {
+        return if gateway.request_rollback(function) {
+            Ok(format!("rolling back the deployment of {function}"))
+        } else {
+            Err(format!("no deployment of {function} is in progress"))
+        };
+    }
     if let Some(function) = action.strip_prefix("rampart:recycle:") {
         let deployed = gateway
             .registry
@@ -107,7 +115,7 @@ async fn run(
         return Ok(format!("queued the record for {name} as {id}"));
     }
     Err(format!(
-        "'{action}' is not an action Rampart runs (a Lambda function ARN, an http(s) URL, or rampart:recycle:<function>)"
+        "'{action}' is not an action Rampart runs (a Lambda function ARN, an http(s) URL, rampart:recycle:<function> or rampart:rollback:<function>)"
     ))
 }
 

@@ -318,18 +318,13 @@ pub(crate) async fn rollback(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let function = unqualified(&gateway, &name)?.to_string();
-    let stop = gateway
-        .deployments
-        .0
-        .lock()
-        .expect("deployments lock")
-        .get(&function)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::not_found(format!("no deployment of {function} is in progress"))
-        })?;
-    stop.cancel();
-    Ok(StatusCode::ACCEPTED)
+    if gateway.request_rollback(&function) {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no deployment of {function} is in progress"
+        )))
+    }
 }
 
 /// Why a guard stopped a deployment.
@@ -339,6 +334,18 @@ enum Verdict {
 }
 
 impl Gateway {
+    /// Asks the running deployment of `function` to roll back; false when none runs.
+    pub(crate) fn request_rollback(&self, function: &str) -> bool {
+        let running = self.deployments.0.lock().expect("deployments lock");
+        match running.get(function) {
+            Some(stop) => {
+                stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Rolls back the deployments a previous server left in progress.
     pub(crate) async fn roll_back_interrupted(&self) -> Result<(), ApiError> {
         for d in self.registry.store().list_deployments(None).await? {

@@ -234,6 +234,42 @@ async fn hooks_alarms_requests_and_restarts_roll_back() {
     let d = wait_status(&server, &id, "RolledBack", Duration::from_secs(10)).await;
     assert_eq!(d["Reason"], "rolled back on request");
 
+    // An alarm action rolls a deployment back.
+    let id = start(
+        &server,
+        json!({"Alias": "live", "Strategy": {"Type": "Canary", "Percent": 10, "IntervalSeconds": 60},
+               "BuiltInGuard": false}),
+    )
+    .await;
+    let cloudwatch = |target: &str, body: Value| {
+        server
+            .http
+            .post(server.url("/"))
+            .header(
+                "x-amz-target",
+                format!("GraniteServiceVersion20100801.{target}"),
+            )
+            .header("content-type", "application/x-amz-json-1.0")
+            .body(body.to_string())
+            .send()
+    };
+    let r = cloudwatch("PutMetricAlarm", json!({"AlarmName": "stop-shop", "Namespace": "app",
+        "MetricName": "never", "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1,
+        "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "ignore",
+        "AlarmActions": ["rampart:rollback:shop"]}))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = cloudwatch(
+        "SetAlarmState",
+        json!({"AlarmName": "stop-shop", "StateValue": "ALARM", "StateReason": "drill"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let d = wait_status(&server, &id, "RolledBack", Duration::from_secs(10)).await;
+    assert_eq!(d["Reason"], "rolled back on request");
+
     // kill -9 mid-deployment: the next server rolls it back.
     let id = start(
         &server,
