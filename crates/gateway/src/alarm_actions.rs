@@ -37,13 +37,15 @@ fn record(gateway: &Gateway, t: &AlarmTransition) -> Value {
             "alarmName": t.alarm.name,
             "state": {"value": t.to.as_str(), "reason": t.reason, "reasonData": t.reason_data, "timestamp": time},
             "previousState": {"value": t.from},
-            "configuration": {
+            "configuration": if let Some(rule) = &t.alarm.rule {
+                json!({"description": t.alarm.description, "alarmRule": rule})
+            } else { json!({
                 "description": t.alarm.description,
                 "metrics": [{"metricStat": {
                     "metric": {"namespace": t.alarm.namespace, "name": t.alarm.metric,
                                "dimensions": t.alarm.dimensions.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()},
                     "period": t.alarm.period, "stat": t.alarm.statistic}}],
-            },
+            })},
         },
     })
 }

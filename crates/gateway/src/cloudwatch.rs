@@ -204,6 +204,7 @@ async fn handle(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Result<V
         "GetMetricData" => get_metric_data(telemetry, parse(&body)?).await,
         "ListMetrics" => list_metrics(telemetry, parse(&body)?).await,
         "PutMetricAlarm" => alarms::put_metric_alarm(gateway, parse(&body)?).await,
+        "PutCompositeAlarm" => alarms::put_composite_alarm(gateway, parse(&body)?).await,
         "DescribeAlarms" => alarms::describe_alarms(gateway, parse(&body)?).await,
         "DeleteAlarms" => alarms::delete_alarms(gateway, parse(&body)?).await,
         "SetAlarmState" => alarms::set_alarm_state(gateway, parse(&body)?).await,

@@ -186,7 +186,77 @@ fn definition(input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
         threshold,
         comparison,
         treat_missing_data,
+        rule: None,
     })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PutCompositeAlarmInput {
+    alarm_name: Option<String>,
+    alarm_rule: Option<String>,
+    alarm_description: Option<String>,
+    actions_enabled: Option<bool>,
+    #[serde(rename = "OKActions", default)]
+    ok_actions: Vec<String>,
+    #[serde(default)]
+    alarm_actions: Vec<String>,
+    #[serde(default)]
+    insufficient_data_actions: Vec<String>,
+}
+
+pub(crate) async fn put_composite_alarm(
+    gateway: &Gateway,
+    input: PutCompositeAlarmInput,
+) -> Result<Value, CwError> {
+    let name = input
+        .alarm_name
+        .ok_or_else(|| CwError::missing("AlarmName"))?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(CwError::invalid(
+            "The parameter AlarmName must be 1 to 255 characters.",
+        ));
+    }
+    let rule = input
+        .alarm_rule
+        .ok_or_else(|| CwError::missing("AlarmRule"))?;
+    let parsed = rampart_telemetry::alarm_rule::Rule::parse(&rule)
+        .map_err(|why| CwError::invalid(format!("The AlarmRule is not valid: {why}.")))?;
+    if parsed.names().contains(&name.as_str()) {
+        return Err(CwError::invalid(
+            "A composite alarm cannot name itself in its rule.",
+        ));
+    }
+    if parsed.names().len() > 100 {
+        return Err(CwError::invalid(
+            "The AlarmRule names more than 100 alarms.",
+        ));
+    }
+    let mut alarm = MetricAlarm::composite(
+        name.clone(),
+        rule,
+        input.alarm_description.unwrap_or_default(),
+    );
+    alarm.actions_enabled = input.actions_enabled.unwrap_or(true);
+    alarm.alarm_actions = input.alarm_actions;
+    alarm.ok_actions = input.ok_actions;
+    alarm.insufficient_data_actions = input.insufficient_data_actions;
+    let text = serde_json::to_string(&alarm).expect("an alarm serializes");
+    let params = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+    let stored = gateway
+        .registry
+        .store()
+        .put_alarm(&name, text, now_ms())
+        .await
+        .map_err(|e| CwError::internal(format!("storing the alarm failed: {e}")));
+    let result = if stored.is_ok() {
+        "OK"
+    } else {
+        "InternalServiceError"
+    };
+    audit(gateway, "PutCompositeAlarm", &name, params, result).await;
+    stored?;
+    Ok(json!({}))
 }
 
 pub(crate) async fn put_metric_alarm(
@@ -222,6 +292,22 @@ fn alarm_arn(gateway: &Gateway, name: &str) -> String {
 
 fn describe(gateway: &Gateway, row: &AlarmRow) -> Option<Value> {
     let alarm: MetricAlarm = serde_json::from_str(&row.definition).ok()?;
+    if let Some(rule) = &alarm.rule {
+        return Some(json!({
+            "AlarmName": alarm.name,
+            "AlarmArn": alarm_arn(gateway, &row.name),
+            "AlarmDescription": alarm.description,
+            "AlarmRule": rule,
+            "AlarmConfigurationUpdatedTimestamp": row.config_updated_ms as f64 / 1000.0,
+            "ActionsEnabled": alarm.actions_enabled,
+            "OKActions": alarm.ok_actions,
+            "AlarmActions": alarm.alarm_actions,
+            "InsufficientDataActions": alarm.insufficient_data_actions,
+            "StateValue": row.state,
+            "StateReason": row.reason,
+            "StateUpdatedTimestamp": row.state_updated_ms as f64 / 1000.0,
+        }));
+    }
     let mut out = json!({
         "AlarmName": alarm.name,
         "AlarmArn": alarm_arn(gateway, &row.name),
@@ -267,6 +353,9 @@ pub(crate) struct DescribeAlarmsInput {
     state_value: Option<String>,
     max_records: Option<usize>,
     next_token: Option<String>,
+    /// `MetricAlarm`, `CompositeAlarm`; metric alarms only when absent, as CloudWatch.
+    #[serde(default)]
+    alarm_types: Vec<String>,
 }
 
 pub(crate) async fn describe_alarms(
@@ -304,13 +393,33 @@ pub(crate) async fn describe_alarms(
         })
         .filter(|r| input.state_value.as_ref().is_none_or(|s| *s == r.state))
         .collect();
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .filter_map(|r| describe(gateway, r))
+    let wants = |kind: &str| {
+        if input.alarm_types.is_empty() {
+            kind == "MetricAlarm"
+        } else {
+            input.alarm_types.iter().any(|t| t == kind)
+        }
+    };
+    let matching: Vec<(&AlarmRow, Value)> = matching
+        .into_iter()
+        .filter_map(|r| Some((r, describe(gateway, r)?)))
+        .filter(|(_, v)| {
+            wants(if v.get("AlarmRule").is_some() {
+                "CompositeAlarm"
+            } else {
+                "MetricAlarm"
+            })
+        })
         .collect();
-    let mut out = json!({ "MetricAlarms": page, "CompositeAlarms": [] });
+    let (mut metric, mut composite) = (Vec::new(), Vec::new());
+    for (_, v) in matching.iter().skip(offset).take(limit) {
+        if v.get("AlarmRule").is_some() {
+            composite.push(v.clone());
+        } else {
+            metric.push(v.clone());
+        }
+    }
+    let mut out = json!({ "MetricAlarms": metric, "CompositeAlarms": composite });
     if offset + limit < matching.len() {
         out["NextToken"] = json!((offset + limit).to_string());
     }

@@ -118,6 +118,36 @@ pub struct MetricAlarm {
     pub comparison: Comparison,
     /// What a missing datapoint counts as.
     pub treat_missing_data: TreatMissingData,
+    /// A composite alarm's rule (PutCompositeAlarm's `AlarmRule`); its metric fields are then
+    /// unused.
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+impl MetricAlarm {
+    /// A composite alarm over other alarms.
+    pub fn composite(name: String, rule: String, description: String) -> Self {
+        Self {
+            name,
+            description,
+            actions_enabled: true,
+            alarm_actions: Vec::new(),
+            ok_actions: Vec::new(),
+            insufficient_data_actions: Vec::new(),
+            namespace: String::new(),
+            metric: String::new(),
+            dimensions: Vec::new(),
+            statistic: String::new(),
+            period: 0,
+            unit: None,
+            evaluation_periods: 0,
+            datapoints_to_alarm: 0,
+            threshold: 0.0,
+            comparison: Comparison::GreaterThanThreshold,
+            treat_missing_data: TreatMissingData::Missing,
+            rule: Some(rule),
+        }
+    }
 }
 
 /// An alarm that changed state: what its actions act on.
@@ -258,6 +288,7 @@ mod tests {
             threshold: 10.0,
             comparison: Comparison::GreaterThanThreshold,
             treat_missing_data: treat,
+            rule: None,
         }
     }
 

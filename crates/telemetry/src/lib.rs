@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+pub mod alarm_rule;
 pub mod alarms;
 mod gateway;
 mod lambda;
@@ -307,11 +308,21 @@ impl Telemetry {
         now: i64,
     ) -> rampart_store::Result<Vec<alarms::AlarmTransition>> {
         let mut changed = Vec::new();
-        for row in self.store.list_alarms().await? {
+        let rows = self.store.list_alarms().await?;
+        let mut states: std::collections::HashMap<String, alarms::AlarmState> = rows
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), alarms::AlarmState::parse(&r.state)?)))
+            .collect();
+        let mut composites = Vec::new();
+        for row in rows {
             let Ok(alarm) = serde_json::from_str::<alarms::MetricAlarm>(&row.definition) else {
                 tracing::warn!(alarm = %row.name, "an alarm's stored definition does not parse");
                 continue;
             };
+            if alarm.rule.is_some() {
+                composites.push((row, alarm));
+                continue;
+            }
             let current = alarms::AlarmState::parse(&row.state)
                 .unwrap_or(alarms::AlarmState::InsufficientData);
             let period = i64::from(alarm.period.max(1));
@@ -363,12 +374,47 @@ impl Telemetry {
                     now * 1000,
                 )
                 .await?;
+            states.insert(row.name.clone(), evaluation.state);
             changed.push(alarms::AlarmTransition {
                 alarm,
                 from: previous,
                 to: evaluation.state,
                 reason: evaluation.reason,
                 reason_data: Some(data.to_string()),
+                ts_ms: now * 1000,
+            });
+        }
+        // Composite alarms, after the metric alarms they read; a composite over composites
+        // settles within a few evaluations.
+        for (row, alarm) in composites {
+            let rule = alarm.rule.clone().unwrap_or_else(|| "FALSE".into());
+            let Ok(parsed) = alarm_rule::Rule::parse(&rule) else {
+                continue;
+            };
+            let holds = parsed.holds(&|name: &str| states.get(name).copied());
+            let state = if holds {
+                alarms::AlarmState::Alarm
+            } else {
+                alarms::AlarmState::Ok
+            };
+            if alarms::AlarmState::parse(&row.state) == Some(state) {
+                continue;
+            }
+            let reason = format!(
+                "the rule {rule} is {}",
+                if holds { "true" } else { "false" }
+            );
+            let previous = self
+                .store
+                .set_alarm_state(&row.name, state.as_str(), reason.clone(), None, now * 1000)
+                .await?;
+            states.insert(row.name.clone(), state);
+            changed.push(alarms::AlarmTransition {
+                alarm,
+                from: previous,
+                to: state,
+                reason,
+                reason_data: None,
                 ts_ms: now * 1000,
             });
         }

@@ -552,6 +552,18 @@ wait_for("OK with no data", lambda: state("errors-high") == "OK")
 wait_for("ALARM from missing data", lambda: state("silent-breaching") == "ALARM")
 assert state("silent-missing") == "INSUFFICIENT_DATA"
 
+# Composite alarms over them.
+cw.put_composite_alarm(AlarmName="any-trouble", AlarmRule='ALARM("errors-high") OR ALARM(silent-breaching)')
+cw.put_composite_alarm(AlarmName="both", AlarmRule="ALARM(silent-breaching) AND OK(silent-missing)")
+def composite(name):
+    found = cw.describe_alarms(AlarmNames=[name], AlarmTypes=["CompositeAlarm"])["CompositeAlarms"]
+    return found[0]["StateValue"] if found else None
+wait_for("the composite in ALARM", lambda: composite("any-trouble") == "ALARM")
+wait_for("the other composite OK", lambda: composite("both") == "OK")
+assert cw.describe_alarms(AlarmNames=["any-trouble"])["CompositeAlarms"] == [], "metric alarms only by default"
+assert error_code(lambda: cw.put_composite_alarm(AlarmName="bad", AlarmRule="ALARM(a) XOR ALARM(b)")) == ("InvalidParameterValue", 400)
+assert error_code(lambda: cw.put_composite_alarm(AlarmName="self", AlarmRule="ALARM(self)")) == ("InvalidParameterValue", 400)
+
 # A breaching datapoint in the last complete period: ALARM within an evaluation or two.
 ten_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=10)
 cw.put_metric_data(Namespace="app", MetricData=[
@@ -595,6 +607,10 @@ async fn alarms_are_defined_evaluated_and_described_through_boto3() {
         .get_json("/rampart/v1/audit?action=PutMetricAlarm")
         .await;
     assert_eq!(audit["records"].as_array().unwrap().len(), 3, "{audit}");
+    let (_, audit) = server
+        .get_json("/rampart/v1/audit?action=PutCompositeAlarm")
+        .await;
+    assert_eq!(audit["records"].as_array().unwrap().len(), 2, "{audit}");
     let (_, audit) = server
         .get_json("/rampart/v1/audit?action=DeleteAlarms")
         .await;
