@@ -225,6 +225,7 @@ impl Gateway {
             trace_id: traced.function_header(),
             client_context: None,
             tail: false,
+            extra_meters: Vec::new(),
         };
         let meters = self.meters(&event.function, &event.qualifier);
         let started = jiff::Timestamp::now().as_second();

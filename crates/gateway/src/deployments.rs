@@ -527,6 +527,7 @@ impl Gateway {
             trace_id: rampart_telemetry::trace::TraceContext::new_root().xray_header([1; 8]),
             client_context: None,
             tail: false,
+            extra_meters: Vec::new(),
         };
         match self.dispatcher.invoke(spec, request).await {
             Ok(o) if !o.function_error => Ok(()),

@@ -321,6 +321,7 @@ async fn route_request(
         trace_id,
         client_context: None,
         tail: false,
+        extra_meters: target.extra_meters.clone(),
     };
     // The invocation runs on even when the gateway stops waiting, as on AWS.
     let running = gateway

@@ -32,6 +32,8 @@ pub(crate) struct Target {
     /// The caller named the qualifier (in the name, the ARN or the query).
     pub explicit: bool,
     pub spec: Arc<FunctionSpec>,
+    /// An alias's meters, when called through one.
+    pub extra_meters: Vec<Arc<rampart_telemetry::FunctionMeters>>,
 }
 
 /// Parses `FunctionName` (name or ARN) and the `Qualifier` query, and finds the version.
@@ -73,15 +75,27 @@ pub(crate) async fn resolve(
             gateway.region
         )));
     }
+    let mut extra_meters = Vec::new();
     let spec = match &qualifier {
         Qualifier::Latest => gateway.registry.latest(&name).map(|d| d.spec.clone()),
         Qualifier::Version(n) => gateway.registry.version(&name, *n).await?,
         Qualifier::Alias(alias) => match gateway.registry.alias(&name, alias.as_str()) {
             None => None,
-            Some(found) => match crate::versions::choose(&found) {
-                Some(n) => gateway.registry.version(&name, n).await?,
-                None => gateway.registry.latest(&name).map(|d| d.spec.clone()),
-            },
+            Some(found) => {
+                let spec = match crate::versions::choose(&found) {
+                    Some(n) => gateway.registry.version(&name, n).await?,
+                    None => gateway.registry.latest(&name).map(|d| d.spec.clone()),
+                };
+                if let Some(spec) = &spec {
+                    extra_meters = gateway.telemetry.lambda().alias(
+                        &name,
+                        alias.as_str(),
+                        spec.version,
+                        &spec.version_label,
+                    );
+                }
+                spec
+            }
         },
     };
     let spec = spec.ok_or_else(not_found)?;
@@ -90,6 +104,7 @@ pub(crate) async fn resolve(
         qualifier,
         explicit,
         spec,
+        extra_meters,
     })
 }
 
@@ -196,6 +211,7 @@ pub(crate) async fn invoke(
         trace_id: traced.function_header(),
         client_context,
         tail,
+        extra_meters: target.extra_meters.clone(),
     };
     let limited = target.spec.config.max_concurrency.is_some();
     let result = gateway

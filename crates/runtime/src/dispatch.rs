@@ -578,7 +578,7 @@ impl Dispatcher {
     async fn invoke_admitted(
         &self,
         spec: Arc<FunctionSpec>,
-        request: InvokeRequest,
+        mut request: InvokeRequest,
         background: bool,
     ) -> Result<InvokeOutcome, InvokeError> {
         let fp = self.function_pools(&spec);
@@ -594,6 +594,9 @@ impl Dispatcher {
                 .metrics
                 .function(&spec.name, &spec.version_label);
             meters.throttles.record(now_secs(), 1.0);
+            for extra in &request.extra_meters {
+                extra.throttles.record(now_secs(), 1.0);
+            }
         })?;
         let pool = self.pool(&fp, &spec);
         let started = now_secs();
@@ -606,10 +609,14 @@ impl Dispatcher {
             .metrics
             .account_concurrency()
             .record(started, self.inner.busy.load(Ordering::Relaxed) as f64);
+        let extra_meters = std::mem::take(&mut request.extra_meters);
         let outcome = self
             .run_admitted(&spec, &pool, request, permit, background_slot)
             .await;
         record_outcome(&pool.meters, started, &outcome);
+        for extra in &extra_meters {
+            record_outcome(extra, started, &outcome);
+        }
         Ok(outcome)
     }
 

@@ -136,6 +136,8 @@ pub struct InvokeRequest {
     pub client_context: Option<String>,
     /// Return the last 4 KB of the invocation's log.
     pub tail: bool,
+    /// Meters the invocation is also recorded in (an alias's, besides the version's own).
+    pub extra_meters: Vec<std::sync::Arc<rampart_telemetry::FunctionMeters>>,
 }
 
 /// What happened to an invocation that ran (or tried to).

@@ -70,6 +70,11 @@ impl FunctionMeters {
                 ("Resource".to_owned(), format!("{function}:{version}")),
             ]);
         }
+        Self::with_sets(recorder, &sets)
+    }
+
+    /// Meters recording under each of `sets` (dimension sets).
+    fn with_sets(recorder: &Recorder, sets: &[Vec<(String, String)>]) -> Self {
         let meter = |name: &str, unit: &str, kind: Kind| {
             let series: Vec<Arc<Series>> = sets
                 .iter()
@@ -111,7 +116,17 @@ impl FunctionMeters {
 pub struct LambdaMetrics {
     recorder: Recorder,
     meters: Arc<ByTwoNames<FunctionMeters>>,
+    /// An alias's meters by (function, alias), then by executed version.
+    aliases: Arc<ByTwoNames<AliasMeters>>,
     account_concurrency: Arc<Series>,
+}
+
+/// An alias's meters: `Resource=fn:alias`, and with the `ExecutedVersion` that ran.
+pub struct AliasMeters {
+    by_alias: Arc<FunctionMeters>,
+    by_version: std::sync::Mutex<std::collections::HashMap<u64, Arc<FunctionMeters>>>,
+    function: String,
+    alias: String,
 }
 
 impl LambdaMetrics {
@@ -125,8 +140,51 @@ impl LambdaMetrics {
         Self {
             recorder,
             meters: Arc::default(),
+            aliases: Arc::default(),
             account_concurrency,
         }
+    }
+
+    /// The extra meters of an invocation through `alias` that runs `version`: under
+    /// `Resource=fn:alias`, and with `ExecutedVersion` (to compare the versions of a weighted
+    /// alias).
+    pub fn alias(
+        &self,
+        function: &str,
+        alias: &str,
+        version: u64,
+        label: &str,
+    ) -> Vec<Arc<FunctionMeters>> {
+        let meters = self.aliases.get_or(function, alias, || {
+            let resource = vec![
+                ("FunctionName".to_owned(), function.to_owned()),
+                ("Resource".to_owned(), format!("{function}:{alias}")),
+            ];
+            AliasMeters {
+                by_alias: Arc::new(FunctionMeters::with_sets(&self.recorder, &[resource])),
+                by_version: Default::default(),
+                function: function.to_owned(),
+                alias: alias.to_owned(),
+            }
+        });
+        let by_version = meters
+            .by_version
+            .lock()
+            .expect("alias meters lock poisoned")
+            .entry(version)
+            .or_insert_with(|| {
+                let dims = vec![
+                    ("FunctionName".to_owned(), meters.function.clone()),
+                    (
+                        "Resource".to_owned(),
+                        format!("{}:{}", meters.function, meters.alias),
+                    ),
+                    ("ExecutedVersion".to_owned(), label.to_owned()),
+                ];
+                Arc::new(FunctionMeters::with_sets(&self.recorder, &[dims]))
+            })
+            .clone();
+        vec![meters.by_alias.clone(), by_version]
     }
 
     /// Invocations in flight across all functions (no dimensions).
@@ -147,5 +205,11 @@ impl std::fmt::Debug for LambdaMetrics {
         f.debug_struct("LambdaMetrics")
             .field("enabled", &self.recorder.enabled())
             .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FunctionMeters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionMeters").finish_non_exhaustive()
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use aggregate::{Aggregate, parse_percentile, statistic};
 pub use gateway::{API_GATEWAY_NAMESPACE, ApiMetrics, RouteMeters};
-pub use lambda::{FunctionMeters, LAMBDA_NAMESPACE, LambdaMetrics, Meter};
+pub use lambda::{AliasMeters, FunctionMeters, LAMBDA_NAMESPACE, LambdaMetrics, Meter};
 use rampart_store::{MetricPoint, SeriesKey, Store, StoredPoint};
 pub use recorder::{Kind, Recorder, Series, Totals};
 use tokio_util::sync::CancellationToken;

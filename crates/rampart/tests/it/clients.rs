@@ -185,6 +185,25 @@ for _ in range(400):
 assert 74 <= ran[p2] <= 166, ran
 by_arn = client.invoke(FunctionName="canary:live", Payload=b"{}")
 assert by_arn["ExecutedVersion"] in (p1, p2)
+ran[by_arn["ExecutedVersion"]] += 1
+
+# The alias's own metrics: Resource=canary:live, and by ExecutedVersion.
+import datetime, time
+cw = boto3.client("cloudwatch", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="AKID", aws_secret_access_key="SECRET")
+def alias_sum(extra):
+    dims = [{"Name": "FunctionName", "Value": "canary"}, {"Name": "Resource", "Value": "canary:live"}] + extra
+    now = datetime.datetime.now(datetime.timezone.utc)
+    points = cw.get_metric_statistics(Namespace="AWS/Lambda", MetricName="Invocations", Dimensions=dims,
+        StartTime=now - datetime.timedelta(minutes=10), EndTime=now + datetime.timedelta(minutes=1),
+        Period=60, Statistics=["Sum"])["Datapoints"]
+    return sum(p["Sum"] for p in points)
+deadline = time.time() + 10
+while alias_sum([]) < 401 and time.time() < deadline:
+    time.sleep(0.3)
+assert alias_sum([]) == 401, alias_sum([])
+for version in (p1, p2):
+    assert alias_sum([{"Name": "ExecutedVersion", "Value": version}]) == ran[version], (version, ran)
 
 assert client.get_alias(FunctionName="canary", Name="live")["FunctionVersion"] == p1
 assert [a["Name"] for a in client.list_aliases(FunctionName="canary")["Aliases"]] == ["live"]
