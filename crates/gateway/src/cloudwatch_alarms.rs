@@ -4,7 +4,7 @@
 
 use rampart_store::{AlarmRow, NewAuditRecord};
 use rampart_telemetry::alarms::{
-    AlarmState, AlarmTransition, Comparison, MetricAlarm, TreatMissingData,
+    AlarmState, AlarmTransition, AnomalyBand, Comparison, MetricAlarm, TreatMissingData,
 };
 use rampart_telemetry::parse_percentile;
 use serde::Deserialize;
@@ -66,18 +66,22 @@ async fn audit(gateway: &Gateway, action: &str, resource: &str, parameters: Valu
     }
 }
 
-fn definition(input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
+fn definition(mut input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
     let name = input
         .alarm_name
+        .take()
         .ok_or_else(|| CwError::missing("AlarmName"))?;
     if name.is_empty() || name.len() > 255 {
         return Err(CwError::invalid(
             "The parameter AlarmName must be 1 to 255 characters.",
         ));
     }
-    if input.metrics.is_some() || input.threshold_metric_id.is_some() {
+    if let Some(band_id) = input.threshold_metric_id.clone() {
+        return anomaly_definition(name, band_id, input);
+    }
+    if input.metrics.is_some() {
         return Err(CwError::invalid(
-            "Metrics and ThresholdMetricId (metric math and anomaly detection alarms) are not supported by Rampart yet.",
+            "Metrics without ThresholdMetricId (metric math alarms) are not supported by Rampart yet.",
         ));
     }
     let namespace = input
@@ -187,6 +191,144 @@ fn definition(input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
         comparison,
         treat_missing_data,
         rule: None,
+        anomaly: None,
+    })
+}
+
+/// `ANOMALY_DETECTION_BAND(m1)` or `ANOMALY_DETECTION_BAND(m1, 2)`: the metric id and width.
+fn parse_band(expression: &str) -> Option<(String, f64)> {
+    let inner = expression
+        .trim()
+        .strip_prefix("ANOMALY_DETECTION_BAND(")?
+        .strip_suffix(')')?;
+    let mut parts = inner.split(',').map(str::trim);
+    let id = parts.next().filter(|id| !id.is_empty())?.to_owned();
+    let width = match parts.next() {
+        Some(w) => w.parse().ok().filter(|w: &f64| *w > 0.0)?,
+        None => 2.0,
+    };
+    parts.next().is_none().then_some((id, width))
+}
+
+/// An anomaly-detection alarm: `Metrics` holds the metric query and the band expression named
+/// by `ThresholdMetricId`; the operator compares with the band.
+fn anomaly_definition(
+    name: String,
+    band_id: String,
+    input: PutMetricAlarmInput,
+) -> Result<MetricAlarm, CwError> {
+    let metrics = input
+        .metrics
+        .as_ref()
+        .and_then(Value::as_array)
+        .ok_or_else(|| CwError::missing("Metrics"))?;
+    let band = metrics
+        .iter()
+        .find(|q| q["Id"] == band_id.as_str())
+        .ok_or_else(|| {
+            CwError::invalid(format!(
+                "ThresholdMetricId {band_id} names no query in Metrics."
+            ))
+        })?;
+    let (metric_id, width) = band["Expression"]
+        .as_str()
+        .and_then(parse_band)
+        .ok_or_else(|| {
+            CwError::invalid(
+                "The ThresholdMetricId query must be ANOMALY_DETECTION_BAND(id[, width]).",
+            )
+        })?;
+    let query = metrics
+        .iter()
+        .find(|q| q["Id"] == metric_id.as_str())
+        .ok_or_else(|| {
+            CwError::invalid(format!(
+                "The band names {metric_id}, which is not a query in Metrics."
+            ))
+        })?;
+    let stat = &query["MetricStat"];
+    let metric = &stat["Metric"];
+    let text = |v: &Value, what: &str| {
+        v.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CwError::missing(&format!("Metrics.{metric_id}.{what}")))
+    };
+    let statistic = text(&stat["Stat"], "MetricStat.Stat")?;
+    if !["SampleCount", "Average", "Sum", "Minimum", "Maximum"].contains(&statistic.as_str())
+        && parse_percentile(&statistic).is_none()
+    {
+        return Err(CwError::invalid(format!(
+            "The statistic '{statistic}' is not valid."
+        )));
+    }
+    let period = stat["Period"]
+        .as_i64()
+        .ok_or_else(|| CwError::missing(&format!("Metrics.{metric_id}.MetricStat.Period")))?;
+    if !([10, 20, 30].contains(&period) || (period >= 60 && period % 60 == 0)) {
+        return Err(CwError::invalid(
+            "The parameter Period must be 10, 20, 30 or a multiple of 60.",
+        ));
+    }
+    let dimensions: Vec<Dimension> =
+        serde_json::from_value(metric["Dimensions"].clone()).unwrap_or_default();
+    let mut dimensions = check_dimensions(&dimensions, "Dimensions")?;
+    dimensions.sort();
+    let comparison = match input.comparison_operator.as_deref() {
+        Some("LessThanLowerOrGreaterThanUpperThreshold") => {
+            Comparison::LessThanLowerOrGreaterThanUpperThreshold
+        }
+        Some("LessThanLowerThreshold") => Comparison::LessThanLowerThreshold,
+        Some("GreaterThanUpperThreshold") => Comparison::GreaterThanUpperThreshold,
+        _ => {
+            return Err(CwError::invalid(
+                "An anomaly detection alarm compares with its band: LessThanLowerOrGreaterThanUpperThreshold, LessThanLowerThreshold or GreaterThanUpperThreshold.",
+            ));
+        }
+    };
+    let n = input
+        .evaluation_periods
+        .ok_or_else(|| CwError::missing("EvaluationPeriods"))?;
+    let m = input.datapoints_to_alarm.unwrap_or(n);
+    if n == 0 || m == 0 || m > n {
+        return Err(CwError::invalid(
+            "EvaluationPeriods must be at least 1 and DatapointsToAlarm from 1 to EvaluationPeriods.",
+        ));
+    }
+    let treat_missing_data = match input.treat_missing_data.as_deref() {
+        None | Some("missing") => TreatMissingData::Missing,
+        Some("ignore") => TreatMissingData::Ignore,
+        Some("breaching") => TreatMissingData::Breaching,
+        Some("notBreaching") => TreatMissingData::NotBreaching,
+        Some(other) => {
+            return Err(CwError::invalid(format!(
+                "The TreatMissingData '{other}' is not valid."
+            )));
+        }
+    };
+    Ok(MetricAlarm {
+        name,
+        description: input.alarm_description.unwrap_or_default(),
+        actions_enabled: input.actions_enabled.unwrap_or(true),
+        alarm_actions: input.alarm_actions,
+        ok_actions: input.ok_actions,
+        insufficient_data_actions: input.insufficient_data_actions,
+        namespace: text(&metric["Namespace"], "MetricStat.Metric.Namespace")?,
+        metric: text(&metric["MetricName"], "MetricStat.Metric.MetricName")?,
+        dimensions,
+        statistic,
+        period: period as u32,
+        unit: stat["Unit"].as_str().map(str::to_owned),
+        evaluation_periods: n,
+        datapoints_to_alarm: m,
+        threshold: 0.0,
+        comparison,
+        treat_missing_data,
+        rule: None,
+        anomaly: Some(AnomalyBand {
+            width,
+            metric_id,
+            band_id,
+        }),
     })
 }
 
@@ -340,6 +482,29 @@ fn describe(gateway: &Gateway, row: &AlarmRow) -> Option<Value> {
     }
     if let Some(data) = &row.reason_data {
         out["StateReasonData"] = json!(data);
+    }
+    if let Some(band) = &alarm.anomaly {
+        out["ThresholdMetricId"] = json!(band.band_id);
+        out["Metrics"] = json!([
+            {"Id": band.metric_id, "ReturnData": true, "MetricStat": {
+                "Metric": {"Namespace": out["Namespace"], "MetricName": out["MetricName"], "Dimensions": out["Dimensions"]},
+                "Period": alarm.period, "Stat": alarm.statistic}},
+            {"Id": band.band_id, "ReturnData": true,
+             "Expression": format!("ANOMALY_DETECTION_BAND({}, {})", band.metric_id, band.width)},
+        ]);
+        if let Some(map) = out.as_object_mut() {
+            for key in [
+                "Threshold",
+                "MetricName",
+                "Namespace",
+                "Dimensions",
+                "Statistic",
+                "ExtendedStatistic",
+                "Period",
+            ] {
+                map.remove(key);
+            }
+        }
     }
     Some(out)
 }

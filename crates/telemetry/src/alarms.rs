@@ -50,16 +50,40 @@ pub enum Comparison {
     LessThanThreshold,
     /// `value <= threshold`
     LessThanOrEqualToThreshold,
+    /// Outside the anomaly band.
+    LessThanLowerOrGreaterThanUpperThreshold,
+    /// Below the anomaly band.
+    LessThanLowerThreshold,
+    /// Above the anomaly band.
+    GreaterThanUpperThreshold,
 }
 
 impl Comparison {
-    fn breaches(self, value: f64, threshold: f64) -> bool {
-        match self {
-            Self::GreaterThanOrEqualToThreshold => value >= threshold,
-            Self::GreaterThanThreshold => value > threshold,
-            Self::LessThanThreshold => value < threshold,
-            Self::LessThanOrEqualToThreshold => value <= threshold,
+    /// Whether `value` breaches: the static `threshold`, or the band `(lower, upper)` for the
+    /// band operators (no band: not breaching).
+    pub fn breaches(self, value: f64, threshold: f64, band: Option<(f64, f64)>) -> bool {
+        match (self, band) {
+            (Self::GreaterThanOrEqualToThreshold, _) => value >= threshold,
+            (Self::GreaterThanThreshold, _) => value > threshold,
+            (Self::LessThanThreshold, _) => value < threshold,
+            (Self::LessThanOrEqualToThreshold, _) => value <= threshold,
+            (Self::LessThanLowerOrGreaterThanUpperThreshold, Some((lo, hi))) => {
+                value < lo || value > hi
+            }
+            (Self::LessThanLowerThreshold, Some((lo, _))) => value < lo,
+            (Self::GreaterThanUpperThreshold, Some((_, hi))) => value > hi,
+            (_, None) => false,
         }
+    }
+
+    /// Whether the operator compares with an anomaly band.
+    pub fn is_band(self) -> bool {
+        matches!(
+            self,
+            Self::LessThanLowerOrGreaterThanUpperThreshold
+                | Self::LessThanLowerThreshold
+                | Self::GreaterThanUpperThreshold
+        )
     }
 }
 
@@ -122,6 +146,21 @@ pub struct MetricAlarm {
     /// unused.
     #[serde(default)]
     pub rule: Option<String>,
+    /// An anomaly-detection alarm: the band width in standard deviations
+    /// (`ANOMALY_DETECTION_BAND(m1, width)`), with the ids of the metric and band queries.
+    #[serde(default)]
+    pub anomaly: Option<AnomalyBand>,
+}
+
+/// The band of an anomaly-detection alarm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyBand {
+    /// Standard deviations either side of the expected value.
+    pub width: f64,
+    /// The id of the metric query.
+    pub metric_id: String,
+    /// The id of the band expression (`ThresholdMetricId`).
+    pub band_id: String,
 }
 
 impl MetricAlarm {
@@ -146,6 +185,7 @@ impl MetricAlarm {
             comparison: Comparison::GreaterThanThreshold,
             treat_missing_data: TreatMissingData::Missing,
             rule: Some(rule),
+            anomaly: None,
         }
     }
 }
@@ -199,14 +239,30 @@ pub struct Evaluation {
 /// kept, except that `missing` leaves INSUFFICIENT_DATA for OK once some data is present. With
 /// no data at all, `missing` means INSUFFICIENT_DATA and `ignore` keeps the state.
 pub fn evaluate(alarm: &MetricAlarm, values: &[Option<f64>], current: AlarmState) -> Evaluation {
+    evaluate_banded(alarm, values, &vec![None; values.len()], current)
+}
+
+/// [`evaluate`] with each datapoint's anomaly band (for the band operators).
+pub fn evaluate_banded(
+    alarm: &MetricAlarm,
+    values: &[Option<f64>],
+    bands: &[Option<(f64, f64)>],
+    current: AlarmState,
+) -> Evaluation {
     let m = alarm.datapoints_to_alarm.max(1) as usize;
     let (mut breaching, mut absent) = (0usize, 0usize);
     let mut shown = Vec::with_capacity(values.len());
-    for v in values {
+    for (v, band) in values
+        .iter()
+        .zip(bands.iter().chain(std::iter::repeat(&None)))
+    {
         match (v, alarm.treat_missing_data) {
             (Some(v), _) => {
-                breaching += usize::from(alarm.comparison.breaches(*v, alarm.threshold));
-                shown.push(format!("{v}"));
+                breaching += usize::from(alarm.comparison.breaches(*v, alarm.threshold, *band));
+                match band {
+                    Some((lo, hi)) => shown.push(format!("{v} (band {lo:.2}..{hi:.2})")),
+                    None => shown.push(format!("{v}")),
+                }
             }
             (None, TreatMissingData::Breaching) => {
                 breaching += 1;
@@ -289,6 +345,7 @@ mod tests {
             comparison: Comparison::GreaterThanThreshold,
             treat_missing_data: treat,
             rule: None,
+            anomaly: None,
         }
     }
 

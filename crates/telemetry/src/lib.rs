@@ -9,6 +9,7 @@
 mod aggregate;
 pub mod alarm_rule;
 pub mod alarms;
+pub mod anomaly;
 mod gateway;
 mod lambda;
 mod prometheus;
@@ -351,7 +352,14 @@ impl Telemetry {
                         .and_then(|b| statistic(&b.values, &alarm.statistic))
                 })
                 .collect();
-            let evaluation = alarms::evaluate(&alarm, &values, current);
+            let bands = match &alarm.anomaly {
+                None => vec![None; values.len()],
+                Some(anomaly) => {
+                    self.anomaly_bands(&alarm, anomaly.width, start, n, period)
+                        .await?
+                }
+            };
+            let evaluation = alarms::evaluate_banded(&alarm, &values, &bands, current);
             if evaluation.state == current {
                 continue;
             }
@@ -419,6 +427,43 @@ impl Telemetry {
             });
         }
         Ok(changed)
+    }
+
+    /// The anomaly bands of an alarm's `n` datapoints from `start`, from the metric's last
+    /// eight days (see [`anomaly`]).
+    async fn anomaly_bands(
+        &self,
+        alarm: &alarms::MetricAlarm,
+        width: f64,
+        start: i64,
+        n: i64,
+        period: i64,
+    ) -> rampart_store::Result<Vec<Option<(f64, f64)>>> {
+        let from = start - 8 * anomaly::SEASON_SECS;
+        let history: Vec<(i64, f64)> = self
+            .query(&Query {
+                key: SeriesKey::new(
+                    alarm.namespace.clone(),
+                    alarm.metric.clone(),
+                    alarm.dimensions.clone(),
+                ),
+                unit: alarm.unit.clone(),
+                start: from,
+                end: start + n * period,
+                period: alarm.period,
+            })
+            .await?
+            .iter()
+            .filter_map(|b| Some((b.ts, statistic(&b.values, &alarm.statistic)?)))
+            .collect();
+        Ok((0..n)
+            .map(|i| {
+                let at = start + i * period;
+                let before: Vec<(i64, f64)> =
+                    history.iter().copied().filter(|(ts, _)| *ts < at).collect();
+                anomaly::band(&before, at, period, width)
+            })
+            .collect())
     }
 
     /// Evaluates the alarms every `every` until `shutdown`, handing each change of state to

@@ -591,6 +591,32 @@ assert error_code(lambda: cw.delete_alarms(AlarmNames=["nope"])) == ("ResourceNo
 assert error_code(lambda: cw.set_alarm_state(AlarmName="nope", StateValue="OK", StateReason="x")) == ("ResourceNotFound", 404)
 assert error_code(lambda: cw.set_alarm_state(AlarmName="errors-high", StateValue="OK", StateReason="x", StateReasonData="{bad")) == ("InvalidFormat", 400)
 
+# Anomaly detection: three days of the same minute at 10 teach the band; 50 now is outside.
+import math
+minute = math.floor(time.time() / 60) * 60 - 60
+def at(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+for metric, now_value in (("visits", 50.0), ("calm", 10.0)):
+    cw.put_metric_data(Namespace="shop", MetricData=[
+        {"MetricName": metric, "Value": 10.0, "Timestamp": at(minute - k * 86400 + s)}
+        for k in (1, 2, 3) for s in (0, 60)] + [
+        {"MetricName": metric, "Value": now_value, "Timestamp": at(minute + 5)}])
+    cw.put_metric_alarm(AlarmName=f"odd-{metric}", EvaluationPeriods=2, DatapointsToAlarm=1,
+        ComparisonOperator="LessThanLowerOrGreaterThanUpperThreshold", ThresholdMetricId="ad1",
+        Metrics=[{"Id": "m1", "ReturnData": True, "MetricStat": {"Metric": {"Namespace": "shop", "MetricName": metric},
+                                                                  "Period": 60, "Stat": "Average"}},
+                 {"Id": "ad1", "Expression": "ANOMALY_DETECTION_BAND(m1, 2)", "ReturnData": True}])
+wait_for("the anomaly to alarm", lambda: state("odd-visits") == "ALARM")
+wait_for("the usual value to be OK", lambda: state("odd-calm") == "OK")
+described = cw.describe_alarms(AlarmNames=["odd-visits"])["MetricAlarms"][0]
+assert described["ThresholdMetricId"] == "ad1" and len(described["Metrics"]) == 2, described
+assert "band" in described["StateReason"], described["StateReason"]
+assert error_code(lambda: cw.put_metric_alarm(AlarmName="odd-bad", EvaluationPeriods=1,
+    ComparisonOperator="GreaterThanThreshold", ThresholdMetricId="ad1",
+    Metrics=[{"Id": "m1", "MetricStat": {"Metric": {"Namespace": "shop", "MetricName": "visits"}, "Period": 60, "Stat": "Average"}},
+             {"Id": "ad1", "Expression": "ANOMALY_DETECTION_BAND(m1, 2)"}])) == ("InvalidParameterValue", 400)
+cw.delete_alarms(AlarmNames=["odd-visits", "odd-calm"])
+
 cw.delete_alarms(AlarmNames=["silent-breaching", "silent-missing"])
 assert [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]] == ["errors-high"]
 print("alarms ok")
@@ -606,7 +632,7 @@ async fn alarms_are_defined_evaluated_and_described_through_boto3() {
     let (_, audit) = server
         .get_json("/rampart/v1/audit?action=PutMetricAlarm")
         .await;
-    assert_eq!(audit["records"].as_array().unwrap().len(), 3, "{audit}");
+    assert_eq!(audit["records"].as_array().unwrap().len(), 5, "{audit}");
     let (_, audit) = server
         .get_json("/rampart/v1/audit?action=PutCompositeAlarm")
         .await;
