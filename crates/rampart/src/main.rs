@@ -300,6 +300,51 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum AlarmsCommand {
+    /// Create or replace a metric alarm (as a `[[alarm]]` entry of rampart.toml would).
+    #[command(
+        after_help = "Examples:\n  rampart alarms put errors-high --dimension FunctionName=counter --metric Errors --stat Sum --period 1m --threshold 0 --comparison GreaterThanThreshold\n  rampart alarms put slow --dimension FunctionName=counter --metric Duration --stat p99 --period 1m --evaluation-periods 5 --datapoints-to-alarm 3 --threshold 500 --comparison GreaterThanThreshold --action http://127.0.0.1:9999/hook"
+    )]
+    Put {
+        /// The alarm.
+        name: String,
+        /// The metric.
+        #[arg(long)]
+        metric: String,
+        /// Its namespace.
+        #[arg(long, default_value = "AWS/Lambda")]
+        namespace: String,
+        /// A dimension `Name=Value` (repeatable).
+        #[arg(long)]
+        dimension: Vec<String>,
+        /// Sum, Average, Minimum, Maximum, SampleCount or pNN.
+        #[arg(long, default_value = "Sum")]
+        stat: String,
+        /// Seconds per datapoint (10s, 20s, 30s or whole minutes).
+        #[arg(long, default_value = "1m")]
+        period: String,
+        /// N: the periods looked at.
+        #[arg(long, default_value_t = 1)]
+        evaluation_periods: u32,
+        /// M: breaching datapoints among them that mean ALARM (default N).
+        #[arg(long)]
+        datapoints_to_alarm: Option<u32>,
+        /// The threshold.
+        #[arg(long)]
+        threshold: f64,
+        /// GreaterThanThreshold, GreaterThanOrEqualToThreshold, LessThanThreshold,
+        /// LessThanOrEqualToThreshold.
+        #[arg(long)]
+        comparison: String,
+        /// missing, ignore, breaching or notBreaching.
+        #[arg(long, default_value = "missing")]
+        treat_missing_data: String,
+        /// An action on entering ALARM (repeatable): a function ARN, an http(s) URL,
+        /// rampart:recycle:FN or rampart:rollback:FN.
+        #[arg(long)]
+        action: Vec<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
     /// List alarms with their state.
     #[command(after_help = "Example:\n  rampart alarms list")]
     List {
@@ -851,6 +896,48 @@ async fn deployments(endpoint: &str, function: Option<String>, watch: bool) -> R
 
 async fn alarms(command: AlarmsCommand) -> Result<ExitCode> {
     match command {
+        AlarmsCommand::Put {
+            name,
+            metric,
+            namespace,
+            dimension,
+            stat,
+            period,
+            evaluation_periods,
+            datapoints_to_alarm,
+            threshold,
+            comparison,
+            treat_missing_data,
+            action,
+            endpoint,
+        } => {
+            let mut dimensions = std::collections::BTreeMap::new();
+            for d in &dimension {
+                let Some((k, v)) = d.split_once('=') else {
+                    bail!("--dimension {d} must be Name=Value");
+                };
+                dimensions.insert(k.to_owned(), v.to_owned());
+            }
+            let entry = manifest::AlarmEntry::new(
+                name.clone(),
+                namespace,
+                metric,
+                dimensions,
+                stat,
+                period,
+                evaluation_periods,
+                datapoints_to_alarm,
+                threshold,
+                comparison,
+                treat_missing_data,
+                action,
+            );
+            let client = Client::new(&endpoint.endpoint)?;
+            client
+                .cloudwatch("PutMetricAlarm", &entry.put_metric_alarm()?)
+                .await?;
+            println!("put alarm {name}");
+        }
         AlarmsCommand::List { endpoint } => {
             let client = Client::new(&endpoint.endpoint)?;
             let list = client

@@ -122,6 +122,40 @@ fn lambda_namespace() -> String {
 }
 
 impl AlarmEntry {
+    /// An alarm given field by field (`rampart alarms put`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        namespace: String,
+        metric: String,
+        dimensions: BTreeMap<String, String>,
+        statistic: String,
+        period: String,
+        evaluation_periods: u32,
+        datapoints_to_alarm: Option<u32>,
+        threshold: f64,
+        comparison: String,
+        treat_missing_data: String,
+        actions: Vec<String>,
+    ) -> Self {
+        Self {
+            name,
+            description: None,
+            namespace,
+            metric,
+            dimensions,
+            statistic,
+            period,
+            evaluation_periods,
+            datapoints_to_alarm,
+            threshold,
+            comparison,
+            treat_missing_data: Some(treat_missing_data),
+            actions,
+            ok_actions: Vec::new(),
+        }
+    }
+
     /// The PutMetricAlarm input of this alarm.
     pub fn put_metric_alarm(&self) -> Result<serde_json::Value> {
         let period = parse_duration(&self.period)

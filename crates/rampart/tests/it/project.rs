@@ -315,8 +315,53 @@ alarms = ["shop-errors"]
         .await;
     let r = server.invoke("shop:live", "{}").await;
     assert_eq!(r.text(), "2", "the alias serves the new version");
+    let (ok, _, err) = rampart(
+        &ep,
+        &[
+            "alarms",
+            "put",
+            "shop-slow",
+            "--dimension",
+            "FunctionName=shop",
+            "--metric",
+            "Duration",
+            "--stat",
+            "p99",
+            "--period",
+            "1m",
+            "--evaluation-periods",
+            "5",
+            "--datapoints-to-alarm",
+            "3",
+            "--threshold",
+            "500",
+            "--comparison",
+            "GreaterThanThreshold",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = rampart(
+        &ep,
+        &[
+            "alarms",
+            "put",
+            "bad",
+            "--metric",
+            "Errors",
+            "--period",
+            "7s",
+            "--threshold",
+            "1",
+            "--comparison",
+            "GreaterThanThreshold",
+        ],
+    );
+    assert!(!ok && err.contains("InvalidParameterValue"), "{err}");
     let (ok, out, _) = rampart(&ep, &["alarms", "list"]);
-    assert!(ok && out.contains("shop-errors"), "{out}");
+    assert!(
+        ok && out.contains("shop-errors") && out.contains("shop-slow"),
+        "{out}"
+    );
     let (ok, _, err) = rampart(
         &ep,
         &[
