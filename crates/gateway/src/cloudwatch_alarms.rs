@@ -66,6 +66,57 @@ async fn audit(gateway: &Gateway, action: &str, resource: &str, parameters: Valu
     }
 }
 
+/// What every metric alarm checks: the period, N and M of N, their product, the treatment
+/// of missing data and the action lists.
+fn evaluation_settings(
+    input: &PutMetricAlarmInput,
+    period: i64,
+) -> Result<(u32, u32, TreatMissingData), CwError> {
+    if !([10, 20, 30].contains(&period) || (period >= 60 && period % 60 == 0)) {
+        return Err(CwError::invalid(
+            "The parameter Period must be 10, 20, 30 or a multiple of 60.",
+        ));
+    }
+    let n = input
+        .evaluation_periods
+        .ok_or_else(|| CwError::missing("EvaluationPeriods"))?;
+    let m = input.datapoints_to_alarm.unwrap_or(n);
+    if n == 0 || m == 0 || m > n {
+        return Err(CwError::invalid(
+            "EvaluationPeriods must be at least 1 and DatapointsToAlarm from 1 to EvaluationPeriods.",
+        ));
+    }
+    let limit = if period < 3600 { 86_400 } else { 604_800 };
+    if period * i64::from(n) > limit {
+        return Err(CwError::invalid(format!(
+            "Period x EvaluationPeriods must be at most {limit} seconds."
+        )));
+    }
+    let treat_missing_data = match input.treat_missing_data.as_deref() {
+        None | Some("missing") => TreatMissingData::Missing,
+        Some("ignore") => TreatMissingData::Ignore,
+        Some("breaching") => TreatMissingData::Breaching,
+        Some("notBreaching") => TreatMissingData::NotBreaching,
+        Some(other) => {
+            return Err(CwError::invalid(format!(
+                "The TreatMissingData '{other}' is not one of missing, ignore, breaching, notBreaching."
+            )));
+        }
+    };
+    for (what, list) in [
+        ("OKActions", &input.ok_actions),
+        ("AlarmActions", &input.alarm_actions),
+        ("InsufficientDataActions", &input.insufficient_data_actions),
+    ] {
+        if list.len() > MAX_ACTIONS {
+            return Err(CwError::invalid(format!(
+                "The collection {what} must not have more than {MAX_ACTIONS} members."
+            )));
+        }
+    }
+    Ok((n, m, treat_missing_data))
+}
+
 fn definition(mut input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
     let name = input
         .alarm_name
@@ -84,6 +135,8 @@ fn definition(mut input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
             "Metrics without ThresholdMetricId (metric math alarms) are not supported by Rampart yet.",
         ));
     }
+    let period = input.period.ok_or_else(|| CwError::missing("Period"))?;
+    let (n, m, treat_missing_data) = evaluation_settings(&input, period)?;
     let namespace = input
         .namespace
         .ok_or_else(|| CwError::missing("Namespace"))?;
@@ -109,27 +162,6 @@ fn definition(mut input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
             )));
         }
     };
-    let period = input.period.ok_or_else(|| CwError::missing("Period"))?;
-    if !([10, 20, 30].contains(&period) || (period >= 60 && period % 60 == 0)) {
-        return Err(CwError::invalid(
-            "The parameter Period must be 10, 20, 30 or a multiple of 60.",
-        ));
-    }
-    let n = input
-        .evaluation_periods
-        .ok_or_else(|| CwError::missing("EvaluationPeriods"))?;
-    let m = input.datapoints_to_alarm.unwrap_or(n);
-    if n == 0 || m == 0 || m > n {
-        return Err(CwError::invalid(
-            "EvaluationPeriods must be at least 1 and DatapointsToAlarm from 1 to EvaluationPeriods.",
-        ));
-    }
-    let limit = if period < 3600 { 86_400 } else { 604_800 };
-    if period * i64::from(n) > limit {
-        return Err(CwError::invalid(format!(
-            "Period x EvaluationPeriods must be at most {limit} seconds."
-        )));
-    }
     let threshold = input
         .threshold
         .ok_or_else(|| CwError::missing("Threshold"))?;
@@ -148,28 +180,6 @@ fn definition(mut input: PutMetricAlarmInput) -> Result<MetricAlarm, CwError> {
             )));
         }
     };
-    let treat_missing_data = match input.treat_missing_data.as_deref() {
-        None | Some("missing") => TreatMissingData::Missing,
-        Some("ignore") => TreatMissingData::Ignore,
-        Some("breaching") => TreatMissingData::Breaching,
-        Some("notBreaching") => TreatMissingData::NotBreaching,
-        Some(other) => {
-            return Err(CwError::invalid(format!(
-                "The TreatMissingData '{other}' is not one of missing, ignore, breaching, notBreaching."
-            )));
-        }
-    };
-    for (what, list) in [
-        ("OKActions", &input.ok_actions),
-        ("AlarmActions", &input.alarm_actions),
-        ("InsufficientDataActions", &input.insufficient_data_actions),
-    ] {
-        if list.len() > MAX_ACTIONS {
-            return Err(CwError::invalid(format!(
-                "The collection {what} must not have more than {MAX_ACTIONS} members."
-            )));
-        }
-    }
     let mut dimensions = check_dimensions(&input.dimensions, "Dimensions")?;
     dimensions.sort();
     Ok(MetricAlarm {
@@ -264,11 +274,7 @@ fn anomaly_definition(
     let period = stat["Period"]
         .as_i64()
         .ok_or_else(|| CwError::missing(&format!("Metrics.{metric_id}.MetricStat.Period")))?;
-    if !([10, 20, 30].contains(&period) || (period >= 60 && period % 60 == 0)) {
-        return Err(CwError::invalid(
-            "The parameter Period must be 10, 20, 30 or a multiple of 60.",
-        ));
-    }
+    let (n, m, treat_missing_data) = evaluation_settings(&input, period)?;
     let dimensions: Vec<Dimension> =
         serde_json::from_value(metric["Dimensions"].clone()).unwrap_or_default();
     let mut dimensions = check_dimensions(&dimensions, "Dimensions")?;
@@ -283,26 +289,6 @@ fn anomaly_definition(
             return Err(CwError::invalid(
                 "An anomaly detection alarm compares with its band: LessThanLowerOrGreaterThanUpperThreshold, LessThanLowerThreshold or GreaterThanUpperThreshold.",
             ));
-        }
-    };
-    let n = input
-        .evaluation_periods
-        .ok_or_else(|| CwError::missing("EvaluationPeriods"))?;
-    let m = input.datapoints_to_alarm.unwrap_or(n);
-    if n == 0 || m == 0 || m > n {
-        return Err(CwError::invalid(
-            "EvaluationPeriods must be at least 1 and DatapointsToAlarm from 1 to EvaluationPeriods.",
-        ));
-    }
-    let treat_missing_data = match input.treat_missing_data.as_deref() {
-        None | Some("missing") => TreatMissingData::Missing,
-        Some("ignore") => TreatMissingData::Ignore,
-        Some("breaching") => TreatMissingData::Breaching,
-        Some("notBreaching") => TreatMissingData::NotBreaching,
-        Some(other) => {
-            return Err(CwError::invalid(format!(
-                "The TreatMissingData '{other}' is not valid."
-            )));
         }
     };
     Ok(MetricAlarm {
